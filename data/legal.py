@@ -1,0 +1,58 @@
+"""legal (Ye et al. 2024): LegalBench privacy_policy_qa, does a privacy-policy clause answer a question?
+TSV `index question text answer` (answer Relevant / Irrelevant). The pool is LegalBench's test split
+(10,923 rows, the one the paper uses) plus the 8-row train split when it is there. Read from
+data_dir/legal/test.tsv (+ train.tsv), else the test file of the Hub dataset nguha/legalbench."""
+import huggingface_hub
+
+import hub
+from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, local_file, parse_label,
+                         read_table, warn_dropped)
+
+HUB_REPO = "nguha/legalbench"
+LABEL_NAMES = ["irrelevant", "relevant"]
+LABEL_OF_ANSWER = {"Irrelevant": 0, "Relevant": 1}
+
+# The paper's input, built exactly as in yeruimeng/WTS legal/train.py (instruction, then question and clause;
+# the missing space after the first sentence is theirs, and "[SEP]" is plain text to our tokenizers).
+INSTRUCTION = ("Given a question and a clause from a privacy policy, determine if the clause contains enough "
+               "information to answer the question.")
+PREMISE = "Classify if the clause is relevant to answering the question."
+
+
+def build_text(question, clause):
+    return INSTRUCTION + PREMISE + "Question: " + question + " [SEP] Clause: " + clause
+
+
+def read(name, data_dir):
+    test = local_file(data_dir, "legal", "test.tsv") or hub_test_file(data_dir)
+    paths = [test] + [p for p in [local_file(data_dir, "legal", "train.tsv")] if p is not None]
+    examples, empty = [], []
+    for path in paths:
+        for line, row in read_table(path, ["index", "question", "text", "answer"], delimiter="\t"):
+            label = parse_label(row["answer"], LABEL_OF_ANSWER, path, line, "answer")
+            if not row["question"].strip() or not row["text"].strip():
+                empty.append(f"{path.name}:{line}")
+                continue
+            examples.append({"id": f"legal-{path.stem}-{row['index']}", "text": build_text(row["question"], row["text"]),
+                             "label": label})
+    warn_dropped(name, {"empty question or clause": empty})
+    return {"kind": "classification", "label_names": LABEL_NAMES, "examples": examples,
+            "files": [file_record(p) for p in paths]}
+
+
+def hub_test_file(data_dir):
+    """privacy_policy_qa's test TSV in nguha/legalbench, found by listing the repo (its layout is not fixed)."""
+    instead = instead_of_download(data_dir, "legal/test.tsv")
+    try:
+        files = huggingface_hub.list_repo_files(HUB_REPO, repo_type="dataset")
+    except Exception as e:  # offline mode, no network, HTTP errors: all mean "use a local file"
+        raise hub.OfflineError(f"legal needs LegalBench's privacy_policy_qa test split, which is not local and cannot "
+                               f"be listed on the Hub dataset {HUB_REPO} ({type(e).__name__}): pass {instead} "
+                               f"instead.") from None
+    task_files = [f for f in files if "privacy_policy_qa" in f.split("/")[:-1] and f.split("/")[-1].startswith("test")]
+    tsv = [f for f in task_files if f.endswith(".tsv")]
+    if not tsv:
+        raise DataError(f"the Hub dataset {HUB_REPO} has no privacy_policy_qa test TSV (found {task_files or 'nothing'}): "
+                        f"convert its test split to a TSV with columns index, question, text, answer and pass "
+                        f"{instead} instead.")
+    return hub_dataset_file(HUB_REPO, tsv[0], instead)
