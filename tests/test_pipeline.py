@@ -1,0 +1,114 @@
+"""End to end: train.py and w2s.py on real safety rows with tiny random GPTs (seconds, CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+import w2s
+from model import GPT, GPTConfig
+from tokenizer import save_byte_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(directory, n_layer, n_embd, seed=0):
+    torch.manual_seed(seed)
+    GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=n_layer, n_head=2, n_embd=n_embd)).save_pretrained(directory)
+    save_byte_tokenizer(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return tiny_model(d / "weak", 1, 16), tiny_model(d / "strong", 2, 32)
+
+
+def w2s_args(shared_data, models, out):
+    weak, strong = models
+    return ["--task", "safety", "--data-dir", str(shared_data), "--limit", "24", "--weak", weak, "--strong", strong,
+            "--ensemble", "2", "--out", str(out), "--max-length", "32", "--epochs", "1", "--batch-size", "8",
+            "--n-boot", "50", "--lr", "1e-3"]
+
+
+def without_paths(results):
+    results = json.loads(json.dumps(results))
+    results.pop("config", None)
+    results.pop("out_dir", None)
+    return results
+
+
+def test_train_same_seed_gives_identical_metrics_and_predictions(shared_data, models, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        cfg = train.parse_args(["--task", "safety", "--data-dir", str(shared_data), "--limit", "24", "--role", "weak",
+                                "--model", models[0], "--out", str(tmp_path / name), "--max-length", "32",
+                                "--epochs", "1", "--batch-size", "8", "--lr", "1e-3"])
+        metrics = train.run(cfg)
+        runs.append((metrics, json.loads((tmp_path / name / "predictions.json").read_text())))
+    (m1, p1), (m2, p2) = runs
+    assert m1["test"] == m2["test"] and m1["best_val_loss"] == m2["best_val_loss"]
+    assert p1 == p2
+    assert set(p1) == {"test", "val", "w2s_train"}  # the weak role labels w2s_train for the student
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["train"]["seed"] == 0 and config["data"]["splits"]["test"]["size"] == 24
+
+
+def test_train_rerun_with_same_config_is_skipped_and_changed_config_reruns(shared_data, models, tmp_path):
+    args = ["--task", "safety", "--data-dir", str(shared_data), "--limit", "16", "--role", "weak", "--model", models[0],
+            "--out", str(tmp_path / "w"), "--max-length", "32", "--epochs", "1", "--batch-size", "8"]
+    train.run(train.parse_args(args))
+    stamp = (tmp_path / "w" / "metrics.json").stat().st_mtime_ns
+    train.run(train.parse_args(args))
+    assert (tmp_path / "w" / "metrics.json").stat().st_mtime_ns == stamp
+    train.run(train.parse_args(args + ["--lr", "1e-4"]))
+    assert (tmp_path / "w" / "metrics.json").stat().st_mtime_ns != stamp
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["lr"] == 1e-4
+
+
+def test_student_refuses_weak_labels_for_other_examples(shared_data, models, tmp_path):
+    common = ["--task", "safety", "--data-dir", str(shared_data), "--max-length", "32", "--epochs", "1", "--batch-size", "8"]
+    train.run(train.parse_args(common + ["--limit", "16", "--role", "weak", "--model", models[0], "--out", str(tmp_path / "weak")]))
+    with pytest.raises(SystemExit, match="other examples"):
+        train.run(train.parse_args(common + ["--limit", "20", "--role", "student", "--model", models[1],
+                                             "--out", str(tmp_path / "student")]))
+    with pytest.raises(SystemExit, match="weak labels not found"):
+        train.run(train.parse_args(common + ["--limit", "16", "--role", "student", "--model", models[1],
+                                             "--out", str(tmp_path / "elsewhere" / "student")]))
+
+
+@pytest.mark.slow
+def test_w2s_end_to_end_writes_results_and_resumes_after_kill_with_identical_results(shared_data, models, tmp_path):
+    full = w2s.main(w2s_args(shared_data, models, tmp_path / "full"))
+    for name in ("results.json", "results.md", "results.png"):
+        assert (tmp_path / "full" / name).exists(), name
+    seed = full["seeds"]["0"] if "seeds" in full else None
+    text = (tmp_path / "full" / "results.md").read_text()
+    for row in ("weak", "ensemble/hard", "ensemble/soft", "student_naive", "student_logconf", "student_hard",
+                "student_soft", "ceiling"):
+        assert f"| {row} |" in text
+    assert seed is not None and "pgr" in json.dumps(seed).lower()
+
+    # the same command in a subprocess, killed as soon as its first stage has finished, then rerun to the end
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "w2s.py")] + w2s_args(shared_data, models, out)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "seed0" / "weak" / "metrics.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "first stage did not finish"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    resumed = w2s.main(w2s_args(shared_data, models, out))
+    assert without_paths(resumed) == without_paths(full)
+    saved = json.loads((out / "results.json").read_text())
+    assert without_paths(saved) == without_paths(json.loads((tmp_path / "full" / "results.json").read_text()))
