@@ -1,0 +1,361 @@
+"""
+GPT-1 and GPT-2 in one small file, nanoGPT style: config, attention, MLP, block, model, then loading and saving
+checkpoints in the Hugging Face Hub layout. Padding is handled everywhere through `attention_mask` (1 = real token,
+0 = pad): positions are cumsum(mask) - 1, so left or right padding never changes the outputs of real tokens.
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+
+import hub
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024          # n_positions (GPT-1: 512)
+    vocab_size: int = 50257         # GPT-1: 40478
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    layer_norm_epsilon: float = 1e-5
+    pre_ln: bool = True             # GPT-2 pre-LayerNorm + final ln_f; GPT-1 post-LayerNorm, no final LN
+    activation: str = "gelu_new"    # "gelu_new" (tanh approx; GPT-2 and GPT-1 alike) or "gelu" (exact erf)
+    n_classes: int = 0              # >0 adds a classification head `score` (Linear n_embd->n_classes, no bias)
+    dropout: float = 0.0
+    grad_checkpoint: bool = False   # activation checkpointing per block (training only)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask, past=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if past is not None:  # generation: keys and values of earlier tokens come from the cache
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        # mask None means no padding and no cache: plain causal attention, which lets SDPA use the flash kernel
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.approximate = "tanh" if config.activation == "gelu_new" else "none"
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.pre_ln = config.pre_ln
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, past=None):
+        if self.pre_ln:  # GPT-2
+            a, kv = self.attn(self.ln_1(x), mask, past)
+            x = x + a
+            return x + self.mlp(self.ln_2(x)), kv
+        a, kv = self.attn(x, mask, past)  # GPT-1: LayerNorm after each residual sum
+        x = self.ln_1(x + a)
+        return self.ln_2(x + self.mlp(x)), kv
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        if config.activation not in ("gelu_new", "gelu"):
+            raise ValueError(f"activation must be 'gelu_new' or 'gelu', got {config.activation!r}")
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+        ))
+        if config.pre_ln:
+            self.transformer.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-1 and GPT-2
+        self.score = nn.Linear(config.n_embd, config.n_classes, bias=False) if config.n_classes > 0 else None
+        for name, p in self.named_parameters():  # GPT-2 init, residual projections scaled down by depth
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # parameters() yields the tied wte/lm_head once
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward), PaLM appendix B style, as in nanoGPT's MFU estimate."""
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * self.config.n_layer * self.config.n_embd * seq_len
+
+    def _run(self, idx, attention_mask=None, cache=None):
+        """Final hidden states (B, T, n_embd), and with `cache` (a list: empty at first, then what the previous call
+        returned) the per-layer (k, v) so far. With a non-empty cache, `idx` holds only the new tokens while
+        `attention_mask` covers earlier and new tokens."""
+        B, T = idx.shape
+        past_len = cache[0][0].size(2) if cache else 0
+        if past_len + T > self.config.block_size:
+            raise ValueError(f"sequence length {past_len + T} exceeds block_size {self.config.block_size}")
+        if attention_mask is None and not cache:
+            pos, mask = torch.arange(T, device=idx.device), None
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=idx.device)
+            if tuple(attention_mask.shape) != (B, past_len + T):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)}")
+            real = attention_mask.bool()
+            pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past_len:]
+            q = torch.arange(past_len, past_len + T, device=idx.device)[:, None]
+            k = torch.arange(past_len + T, device=idx.device)[None, :]
+            # causal AND key is real; every query also sees itself so that pad queries get no all-masked (NaN) row
+            mask = ((k <= q) & real[:, None, None, :]) | (k == q)  # (B, 1, T, past_len + T)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        new_cache = None if cache is None else []  # only kept when asked for: checkpointing would hold them all
+        for i, block in enumerate(self.transformer.h):
+            past = cache[i] if cache else None
+            if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x, kv = checkpoint(block, x, mask, past, use_reentrant=False)
+            else:
+                x, kv = block(x, mask, past)
+            if new_cache is not None:
+                new_cache.append(kv)
+        if self.config.pre_ln:
+            x = self.transformer.ln_f(x)
+        return x, new_cache
+
+    def hidden(self, idx, attention_mask=None):
+        return self._run(idx, attention_mask)[0]
+
+    def forward(self, idx, attention_mask=None, targets=None):
+        logits = self.lm_head(self.hidden(idx, attention_mask))
+        loss = None
+        if targets is not None:  # targets[:, t] is the token that should follow idx[:, t]; -100 = ignored
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def classify(self, idx, attention_mask=None):
+        """Class logits (B, n_classes) from the hidden state of each row's last real token."""
+        if self.score is None:
+            raise ValueError("classify needs a classification head: build the model with n_classes > 0")
+        h = self.hidden(idx, attention_mask)
+        if attention_mask is None:
+            return self.score(h[:, -1])
+        positions = torch.arange(idx.size(1), device=idx.device)
+        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # rightmost real token
+        if (last < 0).any():
+            raise ValueError(f"classify: rows {(last < 0).nonzero().flatten().tolist()} have no real tokens (attention_mask all 0)")
+        return self.score(h[torch.arange(idx.size(0), device=idx.device), last])
+
+    @torch.no_grad()
+    def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None, top_p=None,
+                 eos_token=None, generator=None):
+        """Continue left-padded prompts; returns prompt + new tokens (B, T + max_new_tokens). Rows that emitted
+        eos_token keep emitting it; when all rows are done the rest is filled with eos_token."""
+        B, T = idx.shape
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds block_size {self.config.block_size}")
+        mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(torch.long)
+        if not mask[:, -1].all():
+            raise ValueError("generate expects left-padded prompts: attention_mask[:, -1] must be 1 for every row")
+        out, new, cache = idx, idx, []
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        for step in range(max_new_tokens):
+            h, cache = self._run(new, mask, cache)
+            logits = self.lm_head(h[:, -1]).float()
+            new = self._next_token(logits, temperature, top_k, top_p, generator)
+            if eos_token is not None:
+                new = torch.where(done, eos_token, new)
+                done = done | (new == eos_token)
+            out = torch.cat([out, new[:, None]], dim=1)
+            new, mask = new[:, None], torch.cat([mask, torch.ones_like(new[:, None])], dim=1)
+            if eos_token is not None and done.all():
+                return F.pad(out, (0, max_new_tokens - step - 1), value=eos_token)
+        return out
+
+    @staticmethod
+    def _next_token(logits, temperature, top_k, top_p, generator):
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            probs = F.softmax(sorted_logits, dim=-1)
+            drop = probs.cumsum(-1) - probs > top_p  # drop a token once the more likely ones already cover top_p
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints in the Hugging Face layout
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision=None, n_classes=0):
+        """GPT-1/GPT-2 from a local directory or the Hub (config.json + model.safetensors)."""
+        config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
+        try:
+            hf = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read model config {config_file}: {e}") from None
+        model = cls(_config_from_hf(hf, config_file, n_classes))
+        try:
+            state = load_file(weights_file)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"cannot read weights {weights_file} (corrupt or truncated safetensors file?): {e}") from None
+        model._load_hf_state(state, weights_file)
+        return model
+
+    def _load_hf_state(self, state, weights_file):
+        ours = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}
+        lm_head, loaded, unexpected = None, {}, []
+        for key, tensor in state.items():
+            name = _our_name(key)
+            if _HF_BUFFER.fullmatch(name):
+                continue  # the causal-mask buffers of old checkpoints
+            if name == "lm_head.weight":
+                lm_head = tensor
+            elif name == "score.weight":
+                # a classification head is reused when its shape fits, otherwise the fresh one stays
+                if self.score is not None and tensor.shape == self.score.weight.shape:
+                    loaded[name] = tensor
+            elif name in ours:
+                loaded[name] = tensor.t() if _CONV1D.search(name) else tensor  # HF Conv1D stores (in, out)
+            else:
+                unexpected.append(key)
+        if self.score is not None and "score.weight" not in loaded:
+            loaded["score.weight"] = ours["score.weight"]
+        missing = sorted(set(ours) - set(loaded))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {weights_file} does not match the model: missing tensors {missing}, "
+                             f"unexpected tensors {sorted(unexpected)}")
+        bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
+               for k, v in loaded.items() if v.shape != ours[k].shape]
+        if bad:
+            raise ValueError(f"checkpoint {weights_file} has tensors of the wrong shape: {'; '.join(bad)}")
+        if lm_head is not None and not torch.equal(lm_head, loaded["transformer.wte.weight"]):
+            raise ValueError(f"checkpoint {weights_file} has an lm_head.weight that differs from the token embedding; "
+                             "only tied output embeddings are supported")
+        self.load_state_dict(loaded, strict=False)  # strict by the checks above; lm_head is tied to wte
+
+    def save_pretrained(self, directory):
+        """config.json + model.safetensors in the Hub layout, loadable here and by transformers."""
+        c, directory = self.config, Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        gpt1 = not c.pre_ln
+        if gpt1 and c.activation != "gelu_new":
+            raise ValueError("a post-LN (GPT-1) model saves as openai-gpt, whose only GELU is the tanh approximation: "
+                             f"build it with activation='gelu_new', not {c.activation!r}")
+        head = "ForSequenceClassification" if c.n_classes else "LMHeadModel"
+        hf = {"model_type": "openai-gpt" if gpt1 else "gpt2",
+              "architectures": [("OpenAIGPT" if gpt1 else "GPT2") + head],
+              "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd,
+              "n_layer": c.n_layer, "n_head": c.n_head, "layer_norm_epsilon": c.layer_norm_epsilon,
+              "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+              **({"afn": "gelu"} if gpt1 else {"activation_function": c.activation})}
+        if c.n_classes:
+            hf["num_labels"] = c.n_classes
+        (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        state = {}
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue  # tied to wte
+            tensor = tensor.t() if _CONV1D.search(name) else tensor
+            state[_hub_name(name, gpt1)] = tensor.detach().cpu().contiguous()
+        save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+# The one key-mapping table: Hub/transformers name -> ours. Everything else only differs by the `transformer.` prefix.
+_GPT1_NAMES = {"tokens_embed.weight": "wte.weight", "positions_embed.weight": "wpe.weight"}
+_GPT1_HUB_NAMES = {ours: hub_name for hub_name, ours in _GPT1_NAMES.items()}
+_HF_BUFFER = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)")
+_CONV1D = re.compile(r"\.(c_attn|c_proj|c_fc)\.weight$")
+_HUB_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt"}
+
+
+def _our_name(key):
+    key = key.removeprefix("transformer.")
+    if key in ("lm_head.weight", "score.weight"):
+        return key
+    return "transformer." + _GPT1_NAMES.get(key, key)
+
+
+def _hub_name(name, gpt1):
+    if name == "score.weight":
+        return name
+    name = name.removeprefix("transformer.")
+    return _GPT1_HUB_NAMES.get(name, name) if gpt1 else name
+
+
+def _checkpoint_files(name_or_path, revision):
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        missing = [name for name in ("config.json", "model.safetensors") if not (local / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{local} has no {' or '.join(missing)} (a checkpoint is config.json + model.safetensors)")
+        return local / "config.json", local / "model.safetensors"
+    if name_or_path.startswith((".", "/", "~")) or local.exists():
+        raise FileNotFoundError(f"{name_or_path} is not a model directory (expected config.json + model.safetensors)")
+    repo_id = f"openai-community/{name_or_path}" if name_or_path in _HUB_NAMES else name_or_path
+    instead = "a local directory holding config.json and model.safetensors"
+    return (hub.hub_file(repo_id, "config.json", revision=revision, instead=instead),
+            hub.hub_file(repo_id, "model.safetensors", revision=revision, instead=instead))
+
+
+def _config_from_hf(hf, config_file, n_classes):
+    model_type = hf.get("model_type")
+    if model_type not in ("gpt2", "openai-gpt"):
+        raise ValueError(f"{config_file}: model_type {model_type!r} is not supported (only 'gpt2' and 'openai-gpt')")
+    if (hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights", True) is False
+            or hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0))):
+        raise ValueError(f"{config_file}: non-standard attention scaling or MLP width (n_inner) is not supported")
+    gpt1 = model_type == "openai-gpt"
+    # GPT-1's "gelu" is the tanh approximation, in OpenAI's original code and in transformers' openai-gpt alike
+    names = {"gelu": "gelu_new"} if gpt1 else {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
+    name = hf.get("afn", "gelu") if gpt1 else hf.get("activation_function", "gelu_new")
+    if name not in names:
+        raise ValueError(f"{config_file}: activation {name!r} is not supported for model_type {model_type!r}")
+    try:
+        return GPTConfig(block_size=hf["n_positions"] if "n_positions" in hf else hf["n_ctx"], vocab_size=hf["vocab_size"],
+                         n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), pre_ln=not gpt1,
+                         activation=names[name], n_classes=n_classes)
+    except KeyError as e:
+        raise ValueError(f"{config_file}: missing field {e}") from None
