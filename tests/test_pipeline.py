@@ -112,3 +112,21 @@ def test_w2s_end_to_end_writes_results_and_resumes_after_kill_with_identical_res
     assert without_paths(resumed) == without_paths(full)
     saved = json.loads((out / "results.json").read_text())
     assert without_paths(saved) == without_paths(json.loads((tmp_path / "full" / "results.json").read_text()))
+
+
+@pytest.mark.slow
+def test_w2s_burns_runs_anthropic_hh_end_to_end_and_reports_tasks_it_cannot_load(shared_data, models, tmp_path):
+    weak, strong = models
+    out = tmp_path / "burns"
+    combined = w2s.main(["--task", "burns", "--burns-tasks", "anthropic_hh,sciq", "--data-dir", str(shared_data),
+                         "--limit", "16", "--weak", weak, "--strong", strong, "--ensemble", "0",
+                         "--students", "naive,logconf", "--out", str(out), "--max-length", "32", "--epochs", "1",
+                         "--batch-size", "8", "--n-boot", "20"])
+    for name in ("results.json", "results.md", "results.png"):
+        assert (out / name).exists() and (out / "anthropic_hh" / name).exists(), name
+    assert [row["task"] for row in combined["tasks"]] == ["anthropic_hh"]
+    assert {"weak", "ceiling", "student_naive_pgr", "student_logconf_pgr"} <= set(combined["tasks"][0])
+    # sciq has no local copy under shared data and the Hub is unreachable: one sentence, not a crash
+    assert "sciq" in combined["not_run"] and "--data-dir" in combined["not_run"]["sciq"]
+    table = (out / "results.md").read_text()
+    assert "| anthropic_hh |" in table and "| sciq | not run" in table
