@@ -1,0 +1,93 @@
+"""train.py under DistributedDataParallel (2 CPU processes, gloo) and with gradient accumulation must take the same
+optimizer step as one process on the same global batch. The batch is uneven on purpose (31 rows: 16 + 15 per rank
+or micro-batch), so a per-shard mean that is not weighted by shard size would show."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from model import GPT, GPTConfig
+from tokenizer import save_byte_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore:safety:UserWarning")  # the loader's notes on dropped duplicates
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one optimizer step over all 31 w2s_train rows; a large lr so that the step moves the val loss well past the tolerance
+ARGS = ["--task", "safety", "--role", "ceiling", "--limit", "31", "--batch-size", "32", "--max-length", "32",
+        "--max-steps", "1", "--lr", "1e-2", "--device", "cpu", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: a second thread's synchronisation costs more than it saves (10x more on a busy machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_gpt")
+    torch.manual_seed(0)
+    GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=2, n_head=2, n_embd=32, n_classes=2)).save_pretrained(d)
+    save_byte_tokenizer(d)
+    return d
+
+
+def run_in_process(out, model, data, *extra):
+    train.run(train.parse_args(ARGS + ["--model", str(model), "--data-dir", str(data), "--out", str(out), *extra]))
+    return read(out)
+
+
+def read(out):
+    m = json.loads((out / "metrics.json").read_text())
+    probs = json.loads((out / "predictions.json").read_text())["test"]["probs"]
+    return m, torch.tensor(probs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_and_grad_accum_take_the_single_process_step(tiny_model, shared_data, tmp_path):
+    ddp_out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "train.py", *ARGS, "--model", str(tiny_model),
+           "--data-dir", str(shared_data), "--out", str(ddp_out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
+    ddp = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # while the two ranks start up, the same step in this process: plain, accumulated, and no step at all (lr 0)
+    single, single_probs = run_in_process(tmp_path / "single", tiny_model, shared_data)
+    accum, accum_probs = run_in_process(tmp_path / "accum", tiny_model, shared_data, "--grad-accum", "2")
+    before, before_probs = run_in_process(tmp_path / "lr0", tiny_model, shared_data, "--lr", "0")
+    log, _ = ddp.communicate(timeout=120)
+    assert ddp.returncode == 0, log[-3000:]
+    dist, dist_probs = read(ddp_out)
+
+    assert single["train_examples"] == dist["train_examples"] == 31 and single["steps"] == dist["steps"] == 1
+    # the step is real: it moves the val loss and the test probabilities far beyond the tolerances below
+    assert abs(single["best_val_loss"] - before["best_val_loss"]) > 1e-3
+    assert (single_probs - before_probs).abs().max() > 1e-3
+    # DDP: gradients all-reduced in another summation order (gloo), so equal to float32 rounding
+    assert dist["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(dist_probs, single_probs, rtol=0, atol=1e-5)
+    # accumulation: two micro-batches of 16 and 15 rows, one optimizer step
+    assert accum["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(accum_probs, single_probs, rtol=0, atol=1e-5)
+
+
+def test_grad_accum_over_an_epoch_with_a_short_last_batch_equals_no_accumulation(tiny_model, shared_data, tmp_path):
+    # 31 rows in batches of 4: the last batch has 3 rows, so with 4 micro-batches one of them is empty
+    epoch = ["--max-steps", "0", "--epochs", "1", "--batch-size", "4", "--lr", "1e-3"]
+    plain, plain_probs = run_in_process(tmp_path / "plain", tiny_model, shared_data, *epoch)
+    accum, accum_probs = run_in_process(tmp_path / "accum", tiny_model, shared_data, *epoch, "--grad-accum", "4")
+    assert plain["steps"] == accum["steps"] == 8
+    assert accum["best_val_loss"] == pytest.approx(plain["best_val_loss"], rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(accum_probs, plain_probs, rtol=0, atol=1e-5)
