@@ -14,6 +14,8 @@ Stages for every seed (each one a train.py run; a finished stage with the same c
     student_naive        strong model on the weak labels
     student_logconf      same, with Burns et al.'s auxiliary confidence loss
     student_hard/_soft   strong model on the ensemble's hard / soft votes
+Generation tasks (toxicity) run weak, ceiling and student_naive, and score each run's test continuations into
+<run>/scores.json (--scorer offline | perspective; default perspective when PERSPECTIVE_API_KEY is set, else offline).
 Any other train.py flag (--epochs, --batch-size, --lr, --limit, --max-length, ...) applies to every stage.
 Results: OUT/results.json, OUT/results.md, OUT/results.png.
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import eval as w2s_eval
+import hub
+import toxicity
 import train
 from data import load_task
 
@@ -41,6 +45,7 @@ class W2SConfig:
     students: str = "naive,logconf,hard,soft"
     n_boot: int = 1000          # bootstrap resamples for the PGR confidence intervals
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
+    scorer: str = ""            # generation tasks: toxicity scorer, offline | perspective; "" = toxicity.default_scorer()
 
 
 def stages(cfg, base, kind, seed_dir, weak_model, strong_model):
@@ -81,7 +86,10 @@ def main(argv=None):
     if cfg.task == "toy" and not (weak_model and strong_model):
         from data import toy  # the toy demo's small GPTs are pretrained here once, then cached in the run dir
         weak_model, strong_model = toy.pretrained_models(out / "pretrained", device=base.device)
-    kind = load_task(cfg.task, data_dir=base.data_dir, seed=cfg.seeds[0], limit=base.limit).kind
+    task = load_task(cfg.task, data_dir=base.data_dir, seed=cfg.seeds[0], limit=base.limit)
+    kind = task.kind
+    # made before any training, so a missing API key or scorer data stops the experiment at once
+    scorer = w2s_eval.toxicity_scorer(cfg.scorer, task) if kind == "generation" else None
     weak_model = weak_model or train.DEFAULT_MODELS[kind]["weak"]
     strong_model = strong_model or train.DEFAULT_MODELS[kind]["strong"]
 
@@ -89,6 +97,8 @@ def main(argv=None):
         for stage in stages(cfg, dataclasses.replace(base, seed=seed), kind, out / f"seed{seed}", weak_model, strong_model):
             print(f"== seed {seed} stage {Path(stage.out).name} ({stage.model})", flush=True)
             train.run(stage)
+            if scorer is not None:  # the scoring stage: test continuations -> <run>/scores.json, skipped when done
+                w2s_eval.score_run(stage.out, scorer)
 
     results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
     results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base),
@@ -178,4 +188,7 @@ def burns_plot(rows, path):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (hub.OfflineError, toxicity.PerspectiveError) as e:  # one sentence saying what to pass instead, no trace
+        raise SystemExit(f"error: {e}") from None
