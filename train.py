@@ -5,6 +5,7 @@ Train one model of a weak-to-strong experiment, nanoGPT style: arguments into a 
     python train.py --task safety --role weak --ensemble 5    # 5 bootstrap members + hard and soft votes
     python train.py --task safety --role ceiling              # gpt2-medium on w2s_train ground truth
     python train.py --task safety --role student              # gpt2-medium on the weak labels of w2s_train
+    python train.py --task safety --role student --vote hard  # ... on the ensemble's majority vote (or soft: mean)
     torchrun --nproc_per_node 2 train.py ...                  # DistributedDataParallel
 
 Every run writes one directory (--out): config.json (full config + data summary), log.txt, predictions.json,
@@ -51,6 +52,7 @@ class TrainConfig:
     limit: int | None = None         # cap every split at this many examples (stratified)
     # students
     weak_labels: str = ""            # predictions.json of the supervisor; "" = <out>/../weak/predictions.json
+    vote: str = ""                   # hard | soft: train on that vote of the weak ensemble (<out>/../ensemble/<vote>)
     hard_labels: bool = False        # train on argmax of the weak labels instead of their probabilities
     loss: str = "xent"               # xent | logconf (Burns et al.'s auxiliary confidence loss)
     linear_probe: bool = False       # freeze the backbone, train only the classification head
@@ -160,7 +162,8 @@ def run(cfg: TrainConfig):
     """Train one model (or, with --ensemble K, K members and their votes). Returns the metrics dict."""
     if cfg.role not in ROLES:
         raise SystemExit(f"--role must be one of {ROLES}, got {cfg.role!r}")
-    cfg.out = cfg.out or f"runs/{cfg.task}/seed{cfg.seed}/{'ensemble' if cfg.ensemble > 1 else cfg.role}"
+    name = "ensemble" if cfg.ensemble > 1 else f"student_{cfg.vote}" if cfg.role == "student" and cfg.vote else cfg.role
+    cfg.out = cfg.out or f"runs/{cfg.task}/seed{cfg.seed}/{name}"  # w2s.py's run-directory layout
     if cfg.ensemble > 1:
         return run_ensemble(cfg)
     out = Path(cfg.out)
@@ -212,9 +215,13 @@ def run(cfg: TrainConfig):
 
     if cfg.role == "student":
         # the student never sees ground truth: its train and val targets are the supervisor's predictions
-        weak_path = Path(cfg.weak_labels or out.parent / "weak" / "predictions.json")
+        if cfg.vote not in ("", "hard", "soft") or (cfg.vote and cfg.weak_labels):
+            raise SystemExit(f"--vote must be hard or soft, and not given with --weak-labels (got {cfg.vote!r})")
+        supervisor = out.parent / "ensemble" / cfg.vote if cfg.vote else out.parent / "weak"
+        weak_path = Path(cfg.weak_labels or supervisor / "predictions.json")
         if not weak_path.exists():
-            raise SystemExit(f"weak labels not found: {weak_path} (run --role weak first, or pass --weak-labels)")
+            raise SystemExit(f"weak labels not found: {weak_path} (run --role weak first, with --ensemble K for --vote, "
+                             "or pass --weak-labels)")
         weak = json.loads(weak_path.read_text())
         train_targets = supervisor_targets(weak, "w2s_train", train_rows, weak_path, generation)
         val_targets = supervisor_targets(weak, "val", val_rows, weak_path, generation)

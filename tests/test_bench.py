@@ -1,24 +1,10 @@
-"""bench.py: its command line, its FLOPs / MFU arithmetic against a hand computation, and a smoke run showing that
+"""bench.py: its FLOPs / MFU arithmetic against a hand computation, and a smoke run showing that
 both sides of every comparison compute the same thing. No timing is asserted."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import bench
 from model import GPT, GPTConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_bench_help_exits_zero_and_lists_its_options():
-    r = subprocess.run([sys.executable, "bench.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    for flag in ("--device", "--json", "--quick", "--data-dir", "--compile"):
-        assert flag in r.stdout
-
 
 def gpt2_medium(n_classes):
     with torch.device("meta"):  # shapes only: no 1.4 GB of weights

@@ -85,6 +85,25 @@ def test_student_refuses_weak_labels_for_other_examples(shared_data, models, tmp
                                              "--out", str(tmp_path / "elsewhere" / "student")]))
 
 
+def test_student_vote_trains_on_that_vote_of_the_ensemble(shared_data, models, tmp_path):
+    common = ["--task", "safety", "--data-dir", str(shared_data), "--limit", "16", "--max-length", "32",
+              "--epochs", "1", "--batch-size", "8", "--lr", "1e-3"]
+    student = common + ["--role", "student", "--model", models[1]]
+    with pytest.raises(SystemExit, match=r"weak labels not found: .*ensemble/hard/predictions.json"):
+        train.run(train.parse_args(student + ["--vote", "hard", "--out", str(tmp_path / "student_hard")]))
+    train.run(train.parse_args(common + ["--role", "weak", "--ensemble", "2", "--model", models[0],
+                                         "--out", str(tmp_path / "ensemble")]))
+    test_probs = {}
+    for name, extra in {"hard": ["--vote", "hard"], "soft": ["--vote", "soft"],
+                        "explicit": ["--weak-labels", str(tmp_path / "ensemble" / "hard" / "predictions.json")]}.items():
+        train.run(train.parse_args(student + extra + ["--out", str(tmp_path / f"student_{name}")]))
+        test_probs[name] = json.loads((tmp_path / f"student_{name}" / "predictions.json").read_text())["test"]["probs"]
+    assert test_probs["hard"] == test_probs["explicit"]  # --vote hard reads ensemble/hard beside the run
+    assert test_probs["hard"] != test_probs["soft"]  # hard (one-hot) and soft (mean) votes are different targets
+    with pytest.raises(SystemExit, match="--vote must be hard or soft"):
+        train.run(train.parse_args(student + ["--vote", "medium", "--out", str(tmp_path / "student_medium")]))
+
+
 @pytest.mark.slow
 def test_w2s_end_to_end_writes_results_and_resumes_after_kill_with_identical_results(shared_data, models, tmp_path):
     full = w2s.main(w2s_args(shared_data, models, tmp_path / "full"))
