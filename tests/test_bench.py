@@ -6,6 +6,7 @@ import torch
 import bench
 from model import GPT, GPTConfig
 
+
 def gpt2_medium(n_classes):
     with torch.device("meta"):  # shapes only: no 1.4 GB of weights
         return GPT(GPTConfig(n_layer=24, n_head=16, n_embd=1024, n_classes=n_classes))
