@@ -8,11 +8,13 @@ import warnings
 from collections import Counter
 
 import pytest
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 import data
 import data.legal
 import data.safety
 from data import DataError, load_task
+import hub
 from hub import OfflineError
 
 
@@ -159,7 +161,7 @@ def test_legal_finds_the_test_tsv_in_the_hub_listing_and_downloads_it_as_a_datas
     monkeypatch.setattr("huggingface_hub.list_repo_files", lambda repo, repo_type: listing)
     calls = []
 
-    def download(repo_id, filename, revision=None, repo_type=None):
+    def download(repo_id, filename, revision=None, repo_type=None, local_files_only=False):
         calls.append((repo_id, filename, repo_type))
         return str(stand_in)
     monkeypatch.setattr("hub.hf_hub_download", download)
@@ -170,6 +172,20 @@ def test_legal_finds_the_test_tsv_in_the_hub_listing_and_downloads_it_as_a_datas
                         lambda repo, repo_type: ["privacy_policy_qa/test-00000-of-00001.parquet"])
     with pytest.raises(DataError, match=r"no privacy_policy_qa test TSV .*parquet.*legal/test.tsv"):
         load_task("legal")
+
+
+def test_after_one_unreachable_hub_call_later_files_come_from_the_cache_only(monkeypatch):
+    monkeypatch.setattr(hub, "_unreachable", False)
+    tries = []
+
+    def unreachable(repo_id, filename, revision=None, repo_type=None, local_files_only=False):
+        tries.append(local_files_only)
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+    monkeypatch.setattr("hub.hf_hub_download", unreachable)
+    for name in ("a.parquet", "b.parquet"):
+        with pytest.raises(OfflineError, match=f"dataset 'x/y' file '{name}' .*pass --data-dir D instead"):
+            hub.hub_file("x/y", name, repo_type="dataset", instead="--data-dir D")
+    assert tries == [False, True]  # the second file did not wait for connection retries
 
 
 def test_toxicity_offline_names_the_file_and_flag(tmp_path):
