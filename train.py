@@ -341,14 +341,18 @@ def run(cfg: TrainConfig):
                     f"tok/s {tokens_seen / dt:,.0f} pad {pad_tokens / max(1, pad_tokens + real_tokens):.1%} "
                     f"eta {dt / step * (total_steps - step):.0f}s")
             if step % eval_every == 0 or step >= total_steps:
-                val_loss = evaluate_loss(raw_model, val_x, val_targets, tok, device, autocast, generation, cfg)
+                val_loss = evaluate_loss(raw_model, val_x, val_targets, tok, device, autocast, generation, cfg) \
+                    if master else 0.0
+                if ddp:  # rank 0's number for every rank: one early-stopping decision, or the next all-reduce hangs
+                    val_loss = broadcast_float(val_loss, device)
                 if not math.isfinite(val_loss):
                     raise SystemExit(f"validation loss became {val_loss} at step {step}: lower --lr, or check the data")
                 improved = val_loss < best["val_loss"]
                 log(f"step {step} val_loss {val_loss:.4f}{' (best)' if improved else ''}")
                 if improved:
-                    best = {"val_loss": val_loss, "step": step,
-                            "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}}
+                    best = {"val_loss": val_loss, "step": step,  # only rank 0 predicts, so only it keeps weights
+                            "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
+                            if master else None}
                     evals_since_best = 0
                 else:
                     evals_since_best += 1
@@ -394,6 +398,12 @@ def run(cfg: TrainConfig):
     if ddp:
         torch.distributed.barrier()
     return result
+
+
+def broadcast_float(x, device):
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, src=0)
+    return t.item()
 
 
 def run_ensemble(cfg):
