@@ -1,7 +1,7 @@
 """
 A whole weak-to-strong experiment in one command, resumable, into one run directory.
 
-    python w2s.py                                   # the offline toy demo: no network, a few minutes on a CPU
+    python w2s.py                                   # the offline toy demo: no network, ~1 minute on a CPU
     python w2s.py --task safety --seeds 0 1 2       # Ye et al. Table 1 for safety (gpt2 -> gpt2-medium)
     python w2s.py --task legal --data-dir ../shared/data --limit 200 --epochs 1
     python w2s.py --task toxicity                   # generation: gpt-1 -> gpt-2, continuations scored for toxicity
