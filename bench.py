@@ -4,10 +4,14 @@ Speed of our GPT against transformers' GPT-2 at the same config, in one run:
     python bench.py                    # CPU: small random GPT-2-shaped models, ~1-2 minutes on 2 cores
     python bench.py --device cuda      # GPT-2 medium, batch 16, seq 512, bf16 autocast, TF32, fused AdamW
     python bench.py --quick --json     # seconds-long smoke run, machine-readable result
+    python bench.py --memory           # peak memory of a training step, GPT-2 small..xl, B16 T512, with/without
+                                       # --grad-checkpoint (CPU: estimated on fake tensors, nothing is computed)
 
 1. training step (classifier, soft cross entropy, grad clip, AdamW): tokens/s and MFU
 2. greedy generation of left-padded prompts with a KV cache: new tokens/s, and both outputs must be equal
 3. one epoch of real safety data (--data-dir): length-bucketed batches vs every row padded to --max-length
+4. --memory instead: peak memory of one train.py classification step, split into parameters, gradients, AdamW state
+   and activations (torch.distributed._tools.mem_tracker.MemTracker; on CUDA also torch.cuda.max_memory_allocated)
 
 Both sides start from the same random weights (ours saved with save_pretrained, loaded by transformers), run the
 same batches with the same optimizer, autocast and flags; warm-up steps are excluded and CUDA is synchronized
@@ -35,6 +39,9 @@ from data import load_task
 from losses import xent_loss
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Random-init model shapes (GPT-2's vocabulary and context everywhere, so real tokenized data fits)
 SHAPES = {
@@ -42,7 +49,10 @@ SHAPES = {
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
+MEMORY_SHAPES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
 DEFAULTS = {  # per device; --quick replaces them with the tiny smoke config
     "cpu": dict(shape="cpu-small", batch_size=8, seq_len=128, gen_batch=8, prompt_len=32, new_tokens=32,
                 max_length=128, limit=128, steps=3, rounds=3, dtype="fp32"),
@@ -118,6 +128,7 @@ def trainer(forward, model, autocast):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    step.optimizer = opt  # for the memory tracker
     return step
 
 
@@ -143,6 +154,90 @@ def load_safety(data_dir, limit, max_length):
     return seqs, [np.eye(len(task.label_names))[r["label"]] for r in rows], tok.pad_token
 
 
+class AssumeValid(TorchDispatchMode):
+    """Fake tensors have no values, so a step's host reads cannot run. The classification step's only ones are the
+    `if bad.any():` checks (targets are probabilities, every row has a real token): answer them False; any other
+    read still raises."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].dtype == torch.bool:
+            return False
+        return func(*args, **(kwargs or {}))
+
+
+class StepPeakTracker(MemTracker):
+    """MemTracker that keeps only the overall peak. Its own _update_peak_stats also refreshes the peak of every
+    tracked module after every op, which grows with depth squared: 16 minutes for the --memory table, 2 with this."""
+
+    def _update_peak_stats(self, peak_state):
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap["Total"]:
+                self._peak_mem[dev], self._peak_mem_snap[dev] = snap["Total"], dict(snap)
+
+
+def step_memory(shape, batch_size, seq_len, grad_checkpoint, dtype, device, fake):
+    """Bytes of one steady-state train.py classification step at its peak, by MemTracker category (Parameter,
+    Gradient, Optstate, Activation, Temp = backward temporaries, Other = the batch, Total). MemTracker sees every
+    tensor the step allocates. fake=True builds and runs everything on FakeTensors (shapes and dtypes, no storage),
+    so gpt2-xl costs seconds and no memory. On CUDA also the caching allocator's own peak ("cuda_max_allocated")."""
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    with (FakeTensorMode() if fake else contextlib.nullcontext()), torch.device(device), \
+            (AssumeValid() if fake else contextlib.nullcontext()):
+        model = GPT(GPTConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
+        step = trainer(train.Classifier(model), model, autocast)
+        idx = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
+        mask = torch.ones_like(idx)
+        mask[0, seq_len // 2:] = 0  # one padded row, so the mask is passed, as in train.py's bucketed batches
+        y = torch.full((batch_size, 2), 0.5)
+        step(idx, mask, y)  # Adam's state is created by the first step; measure a later one, where it exists
+        tracker = StepPeakTracker()
+        tracker.track_external(model, step.optimizer, idx, mask, y)
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with tracker:
+            step(idx, mask, y)
+        peak = {getattr(k, "value", k): v for k, v in tracker.get_tracker_snapshot("peak")[idx.device].items()}
+        if device == "cuda":
+            peak["cuda_max_allocated"] = torch.cuda.max_memory_allocated()
+    return peak
+
+
+def memory_rows(shapes, batch_size, seq_len, dtypes, device):
+    """step_memory for every shape x dtype, without and with grad checkpointing; CPU runs are fake (a real fp32 gpt2-xl
+    step at B16 T512 needs 56 GiB)."""
+    rows = []
+    for name in shapes:
+        for dtype in dtypes:
+            for ckpt in (False, True):
+                t0 = time.perf_counter()
+                row = {"shape": name, "dtype": dtype, "grad_checkpoint": ckpt}
+                try:
+                    row.update(step_memory(SHAPES[name], batch_size, seq_len, ckpt, dtype, device, device == "cpu"))
+                except torch.OutOfMemoryError:
+                    row["oom"] = True
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                rows.append({**row, "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def print_memory(res):
+    m = res["memory"]
+    print(f"command: {res['command']}\ndevice: {res['device']} | torch {res['torch']} | {m['method']}")
+    print(f"peak memory of one training step, GiB (2-class classifier, fused AdamW, B{m['batch_size']} "
+          f"T{m['seq_len']}, padding mask)\n")
+    cols = ["Parameter", "Gradient", "Optstate", "Activation", "Temp", "Total"]
+    cols += ["cuda_max_allocated"] if any("cuda_max_allocated" in r for r in m["rows"]) else []
+    names = {"Optstate": "Adam", "Temp": "bwd temp", "Total": "peak", "cuda_max_allocated": "cuda max"}
+    print(f"{'model':12s}{'dtype':>6s}{'ckpt':>6s}" + "".join(f"{names.get(c, c.lower()):>11s}" for c in cols))
+    for r in m["rows"]:
+        cells = ["OOM"] * len(cols) if r.get("oom") else [f"{r[c] / 2**30:.2f}" for c in cols]
+        print(f"{r['shape']:12s}{r['dtype']:>6s}{'yes' if r['grad_checkpoint'] else 'no':>6s}"
+              + "".join(f"{c:>11s}" for c in cells))
+    print("\n" + m["note"])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -166,6 +261,8 @@ def main(argv=None):
                    help="torch.compile the training forward of ours only (HF stays as users run it) or of both")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: datasheet for known GPUs)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--memory", action="store_true", help="only the peak memory of a training step, per GPT-2 size "
+                   "(default B16 T512; --shape, --batch-size, --seq-len, --dtype narrow it)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
@@ -188,6 +285,29 @@ def main(argv=None):
            "device": device_name, "torch": torch.__version__, "transformers": transformers.__version__,
            "threads": torch.get_num_threads(), "config": cfg, "compile": args.compile, "peak_flops": peak,
            "timing": "train, generate: best of rounds; epoch: batches interleaved"}
+
+    # ---- --memory: its own part, its own table ----
+    if args.memory:
+        B, T = args.batch_size or 16, args.seq_len or 512
+        dtypes = [args.dtype] if args.dtype else (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
+        t0 = time.perf_counter()
+        rows = memory_rows([args.shape] if args.shape else MEMORY_SHAPES, B, T, dtypes, device.type)
+        res["memory"] = {
+            "batch_size": B, "seq_len": T, "rows": rows, "seconds": time.perf_counter() - t0,
+            "method": ("measured: MemTracker on the real step, and torch.cuda.max_memory_allocated"
+                       if device.type == "cuda" else "estimated: MemTracker on FakeTensors (nothing computed); "
+                       "bf16 = CPU autocast, which casts this model's ops as CUDA autocast does"),
+            "note": "The columns are each category at the moment of the step's peak (activation = saved for backward, "
+                    "incl. autocast's bf16 weight copies; bwd temp = activation gradients). SDPA gets the padding "
+                    "mask: on CPU it runs _scaled_dot_product_flash_attention_for_cpu, which saves q, k, v, output, "
+                    "logsumexp and the mask as (B, 1, T, T), never a (B, heads, T, T) matrix; CUDA's memory-efficient "
+                    "kernel saves the same. Not counted: kernel workspaces, and the CUDA allocator's cached but "
+                    "unused memory (reserved > allocated)."}
+        if args.json:
+            print(json.dumps(res, indent=1))
+        else:
+            print_memory(res)
+        return res
 
     # ---- the same random weights on both sides ----
     torch.manual_seed(0)
