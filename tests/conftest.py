@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # No test may reach the network; huggingface_hub reads this at import and fails fast instead of hanging.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -20,3 +21,28 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set W2S_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test's models are tiny: a second thread's synchronisation costs more than it saves, and on a busy 2-core
+    machine OpenMP contention makes them 10-30x slower. (Subprocesses that tests start keep torch's default.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def save_tiny_gpt():
+    """save_tiny_gpt(dir, n_layer, n_embd, seed=0): a random byte-level GPT saved like a Hub model (weights, config
+    and tokenizer files); returns the directory as a str, as --model takes it."""
+    from model import GPT, GPTConfig
+    from tokenizer import save_byte_tokenizer
+
+    def save(directory, n_layer, n_embd, seed=0):
+        torch.manual_seed(seed)
+        GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=n_layer, n_head=2, n_embd=n_embd)).save_pretrained(directory)
+        save_byte_tokenizer(directory)
+        return str(directory)
+    return save

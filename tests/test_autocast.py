@@ -6,15 +6,6 @@ import torch
 from model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second thread's synchronisation costs more than it saves (10x more on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(seed, pre_ln=True, n_classes=0):
     torch.manual_seed(seed)
     return GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=2, n_head=2, n_embd=64, pre_ln=pre_ln,

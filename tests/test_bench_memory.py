@@ -14,14 +14,6 @@ SHAPE = dict(n_layer=4, n_head=4, n_embd=64, vocab_size=256, block_size=64)
 B, T = 4, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("dtype, ckpt", [("fp32", False), ("bf16", True)])
 def test_fake_estimate_equals_the_real_step(dtype, ckpt):
     # the same code on real tensors (it runs) and on fake ones (nothing computed): every category, byte for byte

@@ -21,15 +21,6 @@ ARGS = ["--task", "safety", "--role", "ceiling", "--limit", "31", "--batch-size"
         "--max-steps", "1", "--lr", "1e-2", "--device", "cpu", "--log-every", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: a second thread's synchronisation costs more than it saves (10x more on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_gpt")

@@ -18,15 +18,6 @@ TOL = 1e-4
 PAD = 100  # a token id the tests never use as a real token, so HF's pad_token_id search finds only pads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP contention makes them ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hf_model(arch, n_classes=0, seed=0):
     torch.manual_seed(seed)
     if arch == "gpt1":

@@ -1,35 +1,23 @@
 """End to end: train.py and w2s.py on real safety rows with tiny random GPTs (seconds, CPU)."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import train
 import w2s
-from model import GPT, GPTConfig
-from tokenizer import save_byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_model(directory, n_layer, n_embd, seed=0):
-    torch.manual_seed(seed)
-    GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=n_layer, n_head=2, n_embd=n_embd)).save_pretrained(directory)
-    save_byte_tokenizer(directory)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, save_tiny_gpt):
     d = tmp_path_factory.mktemp("models")
-    return tiny_model(d / "weak", 1, 16), tiny_model(d / "strong", 2, 32)
+    return save_tiny_gpt(d / "weak", 1, 16), save_tiny_gpt(d / "strong", 2, 32)
 
 
 def w2s_args(shared_data, models, out):

@@ -17,27 +17,21 @@ import torch.nn.functional as F
 import eval as w2s_eval
 import train
 import w2s
-from model import GPT, GPTConfig
-from tokenizer import load_tokenizer, save_byte_tokenizer
+from model import GPT
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RTP_ROWS_PER_FILE = 300  # real rows from each RTP file: enough for every split, and the offline scorer trains in ~2 s
 
 
-def tiny_model(directory, n_layer, n_embd, seed=0):
-    torch.manual_seed(seed)
-    GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=n_layer, n_head=2, n_embd=n_embd)).save_pretrained(directory)
-    save_byte_tokenizer(directory)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, save_tiny_gpt):
     """Tiny weak / strong GPTs, and a private cache for the offline scorer's model (inherited by subprocesses)."""
     d = tmp_path_factory.mktemp("toxicity")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("W2S_CACHE", str(d / "cache"))
-        yield {"weak": tiny_model(d / "weak", 1, 16), "strong": tiny_model(d / "strong", 2, 32, seed=1), "dir": d}
+        yield {"weak": save_tiny_gpt(d / "weak", 1, 16), "strong": save_tiny_gpt(d / "strong", 2, 32, seed=1),
+               "dir": d}
 
 
 @pytest.fixture
