@@ -41,19 +41,23 @@ LABEL_NAMES = {"anthropic_hh": ["rejected", "chosen"], "cosmos_qa": ["incorrect"
 # amazon_polarity: 1b5f364 is the last commit of the Hub's "Convert dataset to Parquet" PR (#3); only the
 # 400k-row test split is fetched: Burns used 20k train + 10k test documents, and the 3.6M-row train split
 # (four 240 MB files) would add nothing but download time.
-# The others are not pinned to a commit yet (None = main): their parquet names follow the Hub's standard
-# conversion layout and were not checked against the live Hub from this offline machine.
+# cosmos_qa: its branch main holds only a loading script (cosmos_qa.py), which today's `datasets` refuses to run;
+# the rows live in the Hub's own parquet conversion, refs/convert/parquet, at commit ed50fe8.
+# sciq 2c94ad3, boolq 35b264d: commits whose data/<split>-00000-of-00001.parquet files other public projects load.
+# These ids were collected from public code that pins them, not checked against the live Hub from this offline machine.
 HUB = {
     "anthropic_hh": ("Anthropic/hh-rlhf", "441a767f732b52f40a9afca67a1c87594a05842d",
                      [f"{subset}/{split}.jsonl.gz"
                       for subset in ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
                       for split in ("train", "test")]),
     # the test split has no labels (-1)
-    "cosmos_qa": ("allenai/cosmos_qa", None, ["data/train-00000-of-00001.parquet",
-                                              "data/validation-00000-of-00001.parquet"]),
-    "sciq": ("allenai/sciq", None, ["data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",
-                                    "data/test-00000-of-00001.parquet"]),
-    "boolq": ("google/boolq", None, ["data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"]),
+    "cosmos_qa": ("allenai/cosmos_qa", "ed50fe83db62b355759053b1cd5eef344ee371e0",
+                  ["default/train/0000.parquet", "default/validation/0000.parquet"]),
+    "sciq": ("allenai/sciq", "2c94ad3e1aafab77146f384e23536f97a4849815",
+             ["data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",
+              "data/test-00000-of-00001.parquet"]),
+    "boolq": ("google/boolq", "35b264d03638db9f4ce671b711558bf7ff0f80d5",
+              ["data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"]),
     "amazon_polarity": ("fancyzhx/amazon_polarity", "1b5f364c1b85eceb9f142b373109a2f3d5f9fe99",
                         ["amazon_polarity/test-00000-of-00001.parquet"]),
 }

@@ -247,3 +247,32 @@ def test_hub_parquet_gives_the_same_examples_as_the_published_format(tmp_path, m
     write(tmp_path / "nlp" / "boolq" / "data_train-00000-of-00001.jsonl", jsonl(BOOLQ))
     write(tmp_path / "nlp" / "boolq" / "data_validation-00000-of-00001.jsonl", jsonl(BOOLQ))
     assert from_hub == burns.read("boolq", tmp_path)["examples"]
+
+
+def test_every_hub_task_is_pinned_and_cosmos_qa_reads_the_hubs_parquet_conversion(tmp_path, monkeypatch, shared_data):
+    assert all(len(revision) == 40 and int(revision, 16) >= 0 for _, revision, _ in burns.HUB.values())
+    # cosmos_qa's main branch is a loading script: its rows come from refs/convert/parquet, <config>/<split>/0000
+    import pyarrow
+    import pyarrow.parquet
+    local = tmp_path / "local" / "nlp" / "cosmosqa"
+    local.mkdir(parents=True)
+    with open(shared_data / "nlp" / "cosmosqa" / "valid.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:40]
+    for row in rows:
+        row["label"] = int(row["label"])
+    repo, revision, filenames = burns.HUB["cosmos_qa"]
+    assert filenames == ["default/train/0000.parquet", "default/validation/0000.parquet"]
+    for filename in filenames:
+        (tmp_path / "hub" / filename).parent.mkdir(parents=True, exist_ok=True)
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "hub" / filename)
+        with open(local / (filename.replace("/", "_")[:-len(".parquet")] + ".csv"), "w", newline="",
+                  encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    calls = fake_hub(monkeypatch, tmp_path / "hub")
+    from_hub = burns.read("cosmos_qa", None)
+    assert calls == [(repo, f, revision, "dataset") for f in filenames]
+    assert from_hub["examples"] == burns.read("cosmos_qa", tmp_path / "local")["examples"]
+    counts = label_counts(from_hub["examples"])
+    assert counts[0] == counts[1] > 20  # per question: the correct and one wrong answer
