@@ -297,6 +297,17 @@ def _run_names(seed_dir):
     return names + list(SUPERVISORS)
 
 
+def _reference_order(ref, path, ids, differ):
+    """This run's rows in the order of the seed's first run `ref` ({"path", "ids", "pos": id -> row}), whose test ids
+    it must share; `differ` says in the error what the two runs do differently ("predict different test examples")."""
+    missing, extra = set(ref["ids"]) - set(ids), set(ids) - set(ref["ids"])
+    if missing or extra:
+        raise ValueError(f"{path} and {ref['path']} {differ} ({len(missing)} missing, {len(extra)} extra, e.g. "
+                         f"{sorted(missing or extra)[0]!r}); runs of one seed must share the test split (same --seed, "
+                         "--limit and data)")
+    return np.argsort([ref["pos"][i] for i in ids])
+
+
 def _load_runs(seed_dir, skipped):
     """{run name: (labels, P(class 1), predicted class 1?)} on the test split, all in one example order."""
     runs, ref = {}, None
@@ -323,12 +334,7 @@ def _load_runs(seed_dir, skipped):
         if ref is None:
             ref = {"path": path, "ids": ids, "labels": labels, "pos": {i: k for k, i in enumerate(ids)}}
         else:
-            missing, extra = set(ref["ids"]) - set(ids), set(ids) - set(ref["ids"])
-            if missing or extra:
-                raise ValueError(f"{path} and {ref['path']} predict different test examples ({len(missing)} missing, "
-                                 f"{len(extra)} extra, e.g. {sorted(missing or extra)[0]!r}); runs of one seed must "
-                                 "share the test split (same --seed, --limit and data)")
-            order = np.argsort([ref["pos"][i] for i in ids])  # this run's rows in the reference order
+            order = _reference_order(ref, path, ids, "predict different test examples")
             labels, probs = labels[order], probs[order]
             if (labels != ref["labels"]).any():
                 k = int(np.flatnonzero(labels != ref["labels"])[0])
@@ -393,15 +399,10 @@ def _load_scored_runs(seed_dir, scorers):
             ref = {"path": path, "ids": ids, "toxic": toxic_prompt, "samples": scores.shape[1],
                    "pos": {i: k for k, i in enumerate(ids)}}
         else:
-            missing, extra = set(ref["ids"]) - set(ids), set(ids) - set(ref["ids"])
-            if missing or extra:
-                raise ValueError(f"{path} and {ref['path']} score different test prompts ({len(missing)} missing, "
-                                 f"{len(extra)} extra, e.g. {sorted(missing or extra)[0]!r}); runs of one seed must "
-                                 "share the test split (same --seed, --limit and data)")
+            order = _reference_order(ref, path, ids, "score different test prompts")
             if scores.shape[1] != ref["samples"]:
                 raise ValueError(f"{path} has {scores.shape[1]} samples per prompt, {ref['path']} {ref['samples']}: "
                                  "runs of one experiment must generate alike (same --samples)")
-            order = np.argsort([ref["pos"][i] for i in ids])  # this run's rows in the reference order
             scores, toxic_prompt = scores[order], toxic_prompt[order]
             if (toxic_prompt != ref["toxic"]).any():
                 k = int(np.flatnonzero(toxic_prompt != ref["toxic"])[0])
