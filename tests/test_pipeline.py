@@ -1,17 +1,11 @@
 """End to end: train.py and w2s.py on real safety rows with tiny random GPTs (seconds, CPU)."""
 import json
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import train
 import w2s
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import kill_w2s_after, without_paths
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +19,6 @@ def w2s_args(shared_data, models, out):
     return ["--task", "safety", "--data-dir", str(shared_data), "--limit", "24", "--weak", weak, "--strong", strong,
             "--ensemble", "2", "--out", str(out), "--max-length", "32", "--epochs", "1", "--batch-size", "8",
             "--n-boot", "50", "--lr", "1e-3"]
-
-
-def without_paths(results):
-    results = json.loads(json.dumps(results))
-    results.pop("config", None)
-    results.pop("out_dir", None)
-    return results
 
 
 def test_train_same_seed_gives_identical_metrics_and_predictions(shared_data, models, tmp_path):
@@ -106,14 +93,7 @@ def test_w2s_end_to_end_writes_results_and_resumes_after_kill_with_identical_res
 
     # the same command in a subprocess, killed as soon as its first stage has finished, then rerun to the end
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "w2s.py")] + w2s_args(shared_data, models, out)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "seed0" / "weak" / "metrics.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "first stage did not finish"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_w2s_after(w2s_args(shared_data, models, out), out / "seed0" / "weak" / "metrics.json")
     assert not (out / "results.json").exists()
     resumed = w2s.main(w2s_args(shared_data, models, out))
     assert without_paths(resumed) == without_paths(full)

@@ -3,10 +3,8 @@ end to end on real RealToxicityPrompts rows with tiny random GPTs and the offlin
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch.nn.functional as F
 import eval as w2s_eval
 import train
 import w2s
+from helpers import kill_w2s_after, without_paths
 from model import GPT
 from tokenizer import load_tokenizer
 
@@ -228,13 +227,6 @@ def w2s_args(rtp_dir, env, out):
             "--lr", "1e-3", "--max-new-tokens", "8", "--n-boot", "100"]
 
 
-def without_paths(results):
-    results = json.loads(json.dumps(results))
-    results.pop("config", None)
-    results.pop("out_dir", None)
-    return results
-
-
 @pytest.mark.filterwarnings("ignore:.*bootstrap resamples have ceiling == weak")  # random tiny models: rare toxicity
 def test_w2s_toxicity_end_to_end_on_real_rows_and_identical_results_after_a_kill(env, rtp_dir, tmp_path):
     full = w2s.main(w2s_args(rtp_dir, env, tmp_path / "full"))
@@ -251,14 +243,7 @@ def test_w2s_toxicity_end_to_end_on_real_rows_and_identical_results_after_a_kill
 
     # the same command in a subprocess, killed once its first stage (weak: trained and scored) is done, then resumed
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "w2s.py")] + w2s_args(rtp_dir, env, out), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "seed0" / "weak" / "scores.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "first stage did not finish"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_w2s_after(w2s_args(rtp_dir, env, out), out / "seed0" / "weak" / "scores.json")
     assert not (out / "results.json").exists()
     stamp = (out / "seed0" / "weak" / "metrics.json").stat().st_mtime_ns
     resumed = w2s.main(w2s_args(rtp_dir, env, out))
