@@ -17,6 +17,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 import hub
+from cli import UserError
+
+
+class CheckpointError(UserError, ValueError):
+    """A model directory or file that cannot be loaded: the message names the file."""
 
 
 @dataclass
@@ -229,17 +234,20 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision=None, n_classes=0):
-        """GPT-1/GPT-2 from a local directory or the Hub (config.json + model.safetensors)."""
+        """GPT-1/GPT-2 from a local directory or the Hub (config.json + model.safetensors); "random:<shape>" builds a
+        random-init model of that shape instead (the current torch seed decides the weights)."""
+        if str(name_or_path).startswith("random:"):
+            return cls(random_config(str(name_or_path), n_classes))
         config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
         try:
             hf = json.loads(Path(config_file).read_text())
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read model config {config_file}: {e}") from None
+            raise CheckpointError(f"cannot read model config {config_file}: {e}") from None
         model = cls(_config_from_hf(hf, config_file, n_classes))
         try:
             state = load_file(weights_file)
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read weights {weights_file} (corrupt or truncated safetensors file?): {e}") from None
+            raise CheckpointError(f"cannot read weights {weights_file} (corrupt or truncated safetensors file?): {e}") from None
         model._load_hf_state(state, weights_file)
         return model
 
@@ -264,14 +272,14 @@ class GPT(nn.Module):
             loaded["score.weight"] = ours["score.weight"]
         missing = sorted(set(ours) - set(loaded))
         if missing or unexpected:
-            raise ValueError(f"checkpoint {weights_file} does not match the model: missing tensors {missing}, "
+            raise CheckpointError(f"checkpoint {weights_file} does not match the model: missing tensors {missing}, "
                              f"unexpected tensors {sorted(unexpected)}")
         bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
                for k, v in loaded.items() if v.shape != ours[k].shape]
         if bad:
-            raise ValueError(f"checkpoint {weights_file} has tensors of the wrong shape: {'; '.join(bad)}")
+            raise CheckpointError(f"checkpoint {weights_file} has tensors of the wrong shape: {'; '.join(bad)}")
         if lm_head is not None and not torch.equal(lm_head, loaded["transformer.wte.weight"]):
-            raise ValueError(f"checkpoint {weights_file} has an lm_head.weight that differs from the token embedding; "
+            raise CheckpointError(f"checkpoint {weights_file} has an lm_head.weight that differs from the token embedding; "
                              "only tied output embeddings are supported")
         self.load_state_dict(loaded, strict=False)  # strict by the checks above; lm_head is tied to wte
 
@@ -324,38 +332,73 @@ def _hub_name(name, gpt1):
     return _GPT1_HUB_NAMES.get(name, name) if gpt1 else name
 
 
+def hub_repo(name):
+    """The Hub repository of a model name: the paper's models live under openai-community/."""
+    return f"openai-community/{name}" if name in _HUB_NAMES else name
+
+
 def _checkpoint_files(name_or_path, revision):
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         missing = [name for name in ("config.json", "model.safetensors") if not (local / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{local} has no {' or '.join(missing)} (a checkpoint is config.json + model.safetensors)")
+            raise CheckpointError(f"{local} has no {' or '.join(missing)} (a checkpoint is config.json + model.safetensors)")
         return local / "config.json", local / "model.safetensors"
-    if name_or_path.startswith((".", "/", "~")) or local.exists():
-        raise FileNotFoundError(f"{name_or_path} is not a model directory (expected config.json + model.safetensors)")
-    repo_id = f"openai-community/{name_or_path}" if name_or_path in _HUB_NAMES else name_or_path
+    if name_or_path.startswith((".", "/", "~")) or local.exists() or name_or_path.count("/") > 1:
+        raise CheckpointError(f"{name_or_path} is not a model directory (expected config.json + model.safetensors)")
     instead = "a local directory holding config.json and model.safetensors"
-    return (hub.hub_file(repo_id, "config.json", revision=revision, instead=instead),
-            hub.hub_file(repo_id, "model.safetensors", revision=revision, instead=instead))
+    return (hub.hub_file(hub_repo(name_or_path), "config.json", revision=revision, instead=instead),
+            hub.hub_file(hub_repo(name_or_path), "model.safetensors", revision=revision, instead=instead))
+
+
+# Random-init models by shape, for smoke runs and timing without weights: "random:gpt2-medium" (GPT-2's vocabulary and
+# context, so real tokenized data fits), "random:openai-gpt", or "random:<layers>x<width>" (a byte-level toy model).
+SHAPES = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "openai-gpt": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=40478, block_size=512, pre_ln=False),
+}
+_TINY = re.compile(r"(\d+)x(\d+)")
+
+
+def random_shape_family(shape):
+    """Which tokenizer a random shape needs: "gpt2", "openai-gpt" or "bytes"."""
+    if shape in SHAPES:
+        return "openai-gpt" if shape == "openai-gpt" else "gpt2"
+    if _TINY.fullmatch(shape):
+        return "bytes"
+    raise CheckpointError(f"unknown random model shape {shape!r}: use random:<{'|'.join(SHAPES)}> or random:<layers>x<width>"
+                          " (e.g. random:2x64)")
+
+
+def random_config(spec, n_classes=0):
+    shape = spec[len("random:"):].partition(":")[0]
+    if random_shape_family(shape) == "bytes":
+        n_layer, n_embd = map(int, _TINY.fullmatch(shape).groups())
+        return GPTConfig(block_size=1024, vocab_size=257, n_layer=n_layer, n_head=max(1, n_embd // 32), n_embd=n_embd,
+                         n_classes=n_classes)
+    return GPTConfig(**SHAPES[shape], n_classes=n_classes)
 
 
 def _config_from_hf(hf, config_file, n_classes):
     model_type = hf.get("model_type")
     if model_type not in ("gpt2", "openai-gpt"):
-        raise ValueError(f"{config_file}: model_type {model_type!r} is not supported (only 'gpt2' and 'openai-gpt')")
+        raise CheckpointError(f"{config_file}: model_type {model_type!r} is not supported (only 'gpt2' and 'openai-gpt')")
     if (hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights", True) is False
             or hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 0))):
-        raise ValueError(f"{config_file}: non-standard attention scaling or MLP width (n_inner) is not supported")
+        raise CheckpointError(f"{config_file}: non-standard attention scaling or MLP width (n_inner) is not supported")
     gpt1 = model_type == "openai-gpt"
     # GPT-1's "gelu" is the tanh approximation, in OpenAI's original code and in transformers' openai-gpt alike
     names = {"gelu": "gelu_new"} if gpt1 else {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
     name = hf.get("afn", "gelu") if gpt1 else hf.get("activation_function", "gelu_new")
     if name not in names:
-        raise ValueError(f"{config_file}: activation {name!r} is not supported for model_type {model_type!r}")
+        raise CheckpointError(f"{config_file}: activation {name!r} is not supported for model_type {model_type!r}")
     try:
         return GPTConfig(block_size=hf["n_positions"] if "n_positions" in hf else hf["n_ctx"], vocab_size=hf["vocab_size"],
                          n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                          layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), pre_ln=not gpt1,
                          activation=names[name], n_classes=n_classes)
     except KeyError as e:
-        raise ValueError(f"{config_file}: missing field {e}") from None
+        raise CheckpointError(f"{config_file}: missing field {e}") from None

@@ -8,6 +8,11 @@ import regex
 import tiktoken
 
 import hub
+from cli import UserError
+
+
+class TokenizerError(UserError, ValueError):
+    """Tokenizer files that cannot be used: the message names the file."""
 
 HUB_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt"}
 # (vocab, merges) file names: the Hub's, OpenAI's GPT-2 release, OpenAI's GPT-1 release
@@ -37,7 +42,7 @@ class Tokenizer:
         plain = [t for t in vocab if t not in special]
         bad = set("".join(plain)) - {chr(c) for c in to_latin1}
         if bad:
-            raise ValueError(f"{vocab_file}: characters {sorted(bad)[:5]} are not in GPT-2's byte alphabet "
+            raise TokenizerError(f"{vocab_file}: characters {sorted(bad)[:5]} are not in GPT-2's byte alphabet "
                              "(not a GPT-2 vocab?)")
         ranks = {t.translate(to_latin1).encode("latin-1"): vocab[t] for t in plain}
         # tiktoken merges the pair whose merged token has the lowest id, transformers the pair listed first in merges:
@@ -46,7 +51,7 @@ class Tokenizer:
         n_bytes = sum(len(t) == 1 for t in ranks)
         in_order = -1 not in merged_ids and merged_ids == sorted(set(merged_ids))
         if n_bytes != 256 or len(ranks) != 256 + len(merges) or not in_order:
-            raise ValueError(f"{vocab_file}: vocab does not match its merges (needs the 256 byte tokens plus one token "
+            raise TokenizerError(f"{vocab_file}: vocab does not match its merges (needs the 256 byte tokens plus one token "
                              f"per merge, ids in merge order); found {n_bytes} byte tokens, {len(ranks)} tokens, "
                              f"{len(merges)} merges")
         self.enc = tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special)
@@ -85,10 +90,10 @@ class GPT1Tokenizer(Tokenizer):
 
     def __init__(self, name, vocab, merges, vocab_file):
         if "<unk>" not in vocab:
-            raise ValueError(f"{vocab_file}: GPT-1 vocab has no '<unk>' token")
+            raise TokenizerError(f"{vocab_file}: GPT-1 vocab has no '<unk>' token")
         missing = next((a + b for a, b in merges if a + b not in vocab), None)
         if missing is not None:
-            raise ValueError(f"{vocab_file}: vocab does not match its merges (no token {missing!r})")
+            raise TokenizerError(f"{vocab_file}: vocab does not match its merges (no token {missing!r})")
         self.vocab, self.ranks = vocab, {pair: i for i, pair in enumerate(merges)}
         self.token_of = {i: t for t, i in vocab.items()}
         self.cache = {}  # word -> ids: real text repeats words, so BPE runs once per distinct word
@@ -129,21 +134,27 @@ class GPT1Tokenizer(Tokenizer):
 
 
 def load_tokenizer(name_or_path, revision=None):
-    """GPT-2 or GPT-1 tokenizer from a local directory (either file-name convention) or a Hub model name/id."""
+    """GPT-2 or GPT-1 tokenizer from a local directory (either file-name convention) or a Hub model name/id;
+    "bytes" is the toy byte-level tokenizer (no files)."""
+    if str(name_or_path) == "bytes":
+        return byte_tokenizer()
     vocab_file, merges_file, config_files = _tokenizer_files(str(name_or_path), revision)
     try:
         vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{vocab_file}: not a JSON vocab ({e})") from None
+        raise TokenizerError(f"{vocab_file}: not a JSON vocab ({e})") from None
     if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
-        raise ValueError(f"{vocab_file}: expected a JSON object mapping token -> integer id")
-    lines = merges_file.read_text(encoding="utf-8").split("\n")
+        raise TokenizerError(f"{vocab_file}: expected a JSON object mapping token -> integer id")
+    try:
+        lines = merges_file.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{merges_file}: not UTF-8 text ({e})") from None
     header = int(lines[0].startswith("#version"))
     merges = [tuple(line.split(" ")) for line in lines[header:] if line]
     if any(len(merge) != 2 for merge in merges):
         n, line = next((n, line) for n, line in enumerate(lines[header:], 1 + header)
                        if line and len(line.split(" ")) != 2)
-        raise ValueError(f"{merges_file} line {n}: expected two tokens separated by one space, got {line!r}")
+        raise TokenizerError(f"{merges_file} line {n}: expected two tokens separated by one space, got {line!r}")
     gpt1 = _model_type(config_files, vocab) == "openai-gpt"
     return (GPT1Tokenizer if gpt1 else Tokenizer)(str(name_or_path), vocab, merges, vocab_file)
 
@@ -156,9 +167,9 @@ def _tokenizer_files(name_or_path, revision):
                 configs = [local / c for c in CONFIG_NAMES if (local / c).is_file()]
                 return local / vocab_name, local / merges_name, configs
         expected = " or ".join(f"{v} + {m}" for v, m in FILE_NAMES)
-        raise FileNotFoundError(f"{local} holds no tokenizer: expected {expected}")
+        raise TokenizerError(f"{local} holds no tokenizer: expected {expected}")
     if name_or_path.startswith((".", "/", "~")) or local.exists():
-        raise FileNotFoundError(f"{name_or_path} is not a tokenizer directory")
+        raise TokenizerError(f"{name_or_path} is not a tokenizer directory")
     repo_id = f"openai-community/{name_or_path}" if name_or_path in HUB_NAMES else name_or_path
     instead = "a local directory holding vocab.json + merges.txt"
     vocab_file = hub.hub_file(repo_id, "vocab.json", revision=revision, instead=instead)
@@ -174,7 +185,10 @@ def _tokenizer_files(name_or_path, revision):
 
 def _model_type(config_files, vocab):
     for path in config_files:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{path}: not a JSON config ({e})") from None
         kind = f"{config.get('model_type', '')} {config.get('tokenizer_class', '')}".lower()
         if "openai-gpt" in kind or "openaigpt" in kind:
             return "openai-gpt"
@@ -184,12 +198,21 @@ def _model_type(config_files, vocab):
     return "openai-gpt" if any(t.endswith("</w>") for t in vocab) else "gpt2"
 
 
+def byte_vocab():
+    return {c: b for b, c in bytes_to_unicode().items()} | {ENDOFTEXT: 256}
+
+
+def byte_tokenizer():
+    """The toy byte-level tokenizer: 256 byte tokens (id = byte value) + <|endoftext|> = 256, no merges."""
+    return Tokenizer("bytes", byte_vocab(), [], "<byte tokenizer>")
+
+
 def save_byte_tokenizer(directory):
     """Write the toy byte-level tokenizer (256 byte tokens, id = byte value, + <|endoftext|> = 256, no merges) in the
     Hub layout; load_tokenizer reads it through the GPT-2 code path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = {c: b for b, c in bytes_to_unicode().items()} | {ENDOFTEXT: 256}
+    vocab = byte_vocab()
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     return directory

@@ -11,13 +11,12 @@ model). Examples sharing a "group" always land in the same split.
 """
 import hashlib
 import importlib
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.common import DataError
+from data.common import DataError, warn_once
 
 TASKS = {
     "safety": "data.safety",
@@ -75,7 +74,13 @@ def load_task(name, data_dir=None, seed=0, limit=None):
     for s in SPLITS:
         if not splits[s]:
             raise DataError(f"task {name!r}: split {s!r} is empty after splitting {len(examples)} examples"
-                            f"{f' with limit={limit}' if limit is not None else ''}.")
+                            f"{f' with --limit {limit}' if limit is not None else ''}.")
+    for s in SPLITS:
+        present = {ex["label"] for ex in splits[s]}
+        if source["kind"] == "classification" and len(present) < len(source["label_names"]):
+            missing = [n for i, n in enumerate(source["label_names"]) if i not in present]
+            raise DataError(f"task {name!r}: split {s!r} has no example of class {missing}"
+                            f"{f' with --limit {limit}: use a larger --limit' if limit is not None else ''}.")
     return Task(name, source["kind"], list(source["label_names"]), splits, source["files"], seed, limit, dropped)
 
 
@@ -109,7 +114,7 @@ def validate(name, examples, label_names):
         if conflicting:
             parts.append(f"{len(conflicting)} examples whose text appears with different labels "
                          f"(all copies removed; e.g. {', '.join(conflicting[:2])})")
-        warnings.warn(f"{name}: removed " + " and ".join(parts) + ".", stacklevel=3)
+        warn_once(f"{name}: removed " + " and ".join(parts) + ".", stacklevel=3)
     return kept, {"repeated_text": len(repeats), "conflicting_labels": len(conflicting)}
 
 

@@ -24,10 +24,21 @@ import warnings
 from pathlib import Path
 
 import hub
+from cli import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A source file or a split is unusable; the message names the file and line (or task and split)."""
+
+
+_warned = set()
+
+
+def warn_once(message, stacklevel=3):
+    """A data warning, shown once per process however many stages load the same data."""
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=stacklevel + 1)
 
 
 def sha256_file(path):
@@ -111,6 +122,8 @@ def read_table(path, columns, delimiter=","):
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, 1, e) from None
         except StopIteration:
             raise DataError(f"{path}:1: empty file, expected a header with columns {columns}.") from None
         missing = [c for c in columns if c not in header]
@@ -126,7 +139,13 @@ def read_table(path, columns, delimiter=","):
                 line = reader.line_num + 1
         except csv.Error as e:
             raise DataError(f"{path}:{line}: malformed row ({e}).") from None
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, line, e) from None
     return rows
+
+
+def not_utf8(path, line, e):
+    return DataError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save the file as UTF-8.")
 
 
 def read_jsonl(path):
@@ -134,9 +153,16 @@ def read_jsonl(path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
-    rows = []
+    rows, line = [], 0
     with open_text(path) as f:
-        for line, text in enumerate(f, start=1):
+        lines = enumerate(f, start=1)
+        while True:
+            try:
+                line, text = next(lines)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, line + 1, e) from None
             if not text.strip():
                 continue
             try:
@@ -171,4 +197,4 @@ def warn_dropped(task, dropped):
     dropped = {reason: where for reason, where in dropped.items() if where}
     if dropped:
         parts = [f"{len(where)} with {reason} (e.g. {', '.join(where[:3])})" for reason, where in dropped.items()]
-        warnings.warn(f"{task}: dropped {sum(map(len, dropped.values()))} rows: " + "; ".join(parts) + ".", stacklevel=4)
+        warn_once(f"{task}: dropped {sum(map(len, dropped.values()))} rows: " + "; ".join(parts) + ".", stacklevel=4)

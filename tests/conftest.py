@@ -33,6 +33,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def data_warnings_shown_again():
+    """Each data warning shows once per process; every test is a fresh user, so it sees them again."""
+    from data import common
+    common._warned.clear()
+
+
 @pytest.fixture(scope="session")
 def save_tiny_gpt():
     """save_tiny_gpt(dir, n_layer, n_embd, seed=0): a random byte-level GPT saved like a Hub model (weights, config

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hub
-from model import GPT, GPTConfig
+from model import GPT, CheckpointError, GPTConfig
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -255,9 +255,9 @@ def test_unknown_model_name_offline_says_so_in_one_sentence(tmp_path, monkeypatc
     message = str(err.value)
     assert "openai-community/gpt2-medium" in message and "not in the local Hugging Face cache" in message
     assert "local directory" in message and message.count(". ") == 0 and "\n" not in message
-    with pytest.raises(FileNotFoundError, match="not a model directory"):
+    with pytest.raises(CheckpointError, match="not a model directory"):
         GPT.from_pretrained(str(tmp_path / "no-such-dir"))
-    with pytest.raises(FileNotFoundError, match=r"has no config.json or model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"has no config.json or model.safetensors"):
         GPT.from_pretrained(tmp_path)
 
 

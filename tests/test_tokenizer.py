@@ -8,7 +8,7 @@ import time
 import pytest
 
 import hub
-from tokenizer import load_tokenizer, save_byte_tokenizer
+from tokenizer import TokenizerError, load_tokenizer, save_byte_tokenizer
 
 # Hand-picked cases real text also holds: whitespace runs, contractions, newlines, accents, CJK, emoji, controls
 EDGE_CASES = [
@@ -140,9 +140,9 @@ def test_hub_name_offline_raises_one_clear_error():
 
 
 def test_bad_inputs_raise_errors_naming_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*holds no tokenizer.*vocab.json \\+ merges.txt"):
+    with pytest.raises(TokenizerError, match=f"{tmp_path}.*holds no tokenizer.*vocab.json \\+ merges.txt"):
         load_tokenizer(tmp_path)
-    with pytest.raises(FileNotFoundError, match="./no/such/dir is not a tokenizer directory"):
+    with pytest.raises(TokenizerError, match="./no/such/dir is not a tokenizer directory"):
         load_tokenizer("./no/such/dir")
     d = save_byte_tokenizer(tmp_path / "bad")
     (d / "merges.txt").write_text("#version: 0.2\nĠ t\nthree tokens here\n")

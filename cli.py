@@ -1,0 +1,170 @@
+"""
+The command line of every entry point (w2s.py, train.py, eval.py, bench.py), in one place:
+
+    config_parser(TrainConfig, __doc__)   flags from a config dataclass: --help text from each field's comment,
+                                          choices from Literal[...] types, defaults shown, no abbreviations
+    main_guard(main)                      expected errors -> "error: <one sentence>" on stderr, exit status 2;
+                                          a bug keeps its traceback
+    progress(total, desc, quiet)          a tqdm bar on a terminal, nothing in logs (the caller prints plain lines)
+
+Standard library only (plus tqdm), so data/, hub.py and model.py can raise UserError without importing anything heavy.
+"""
+import argparse
+import dataclasses
+import errno
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input or an unusable file: the message is one sentence that says what to do, shown without a traceback."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# flags from config dataclasses
+
+def field_comments(cls):
+    """{field name: its trailing comment} read from the dataclass source, so the comment next to a field is its
+    --help text (one source of truth). Comment-only lines right below a field continue its text."""
+    comments, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$", line)
+        if m and not line.strip().startswith("#") and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            last = m.group(1)
+            comments[last] = (m.group(2) or "").strip()
+        elif last and re.match(r"\s+#", line):
+            comments[last] += " " + line.strip()[1:].strip()
+        else:
+            last = None
+    return comments
+
+
+def _arg_type(annotation):
+    """(python type, choices, is_list) of a field annotation: int, float | None, Literal["a", "b"], list[int], ..."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        return _arg_type(next(a for a in args if a is not type(None)))
+    if origin is typing.Literal:
+        return type(args[0]), list(args), False
+    if origin is list:
+        return args[0], None, True
+    return annotation, None, False
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):  # "(default: X)" on every flag that has a default worth showing
+        text = action.help or ""
+        if action.default is not argparse.SUPPRESS and action.option_strings and "default:" not in text:
+            shown = action.default if action.default not in (None, "") else "none"
+            text += f" (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
+        return text
+
+
+def new_parser(description, epilog=None):
+    return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=_HelpFormatter,
+                                   allow_abbrev=False)
+
+
+def add_config_flags(parser, cls, skip=(), title=None):
+    """One --flag per field of dataclass `cls` (bools get --flag / --no-flag), into an argument group when `title`."""
+    group = parser.add_argument_group(title) if title else parser
+    comments = field_comments(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind, choices, is_list = _arg_type(f.type)
+        help_text = comments.get(f.name, "").replace("%", "%%")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            group.add_argument(flag, type=kind, choices=choices, nargs="+" if is_list else None, default=default,
+                               help=help_text, metavar=None if choices else f.name.upper())
+    return parser
+
+
+def config_parser(cls, description, skip=()):
+    return add_config_flags(new_parser(description), cls, skip)
+
+
+def flags_of(cfg, defaults, skip=()):
+    """The command-line flags that reproduce `cfg` where it differs from `defaults` (both dataclass instances)."""
+    args = []
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
+        if f.name in skip or value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            args += [flag] + [str(v) for v in value]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one-line errors
+
+def read_json(path, what="JSON"):
+    """json.loads of a file, with errors that name it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid {what} ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+
+
+def expected_errors():
+    """Exception types that mean bad input, not a bug (imported here so each module stays independent)."""
+    import hub
+    import toxicity
+    return (UserError, hub.OfflineError, toxicity.PerspectiveError)
+
+
+def error_line(e):
+    """The one line shown for an expected error, or None when `e` is a bug (which keeps its traceback)."""
+    if isinstance(e, expected_errors()):
+        return str(e)
+    if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename is None:
+        return str(e)  # raised by our own code with a message that names the path
+    if isinstance(e, OSError) and e.filename is not None and (
+            isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+            or e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)):
+        return f"{e.filename}: {e.strerror}"
+    return None
+
+
+def main_guard(main):
+    """Run an entry point: expected errors end with `error: <one sentence>` on stderr and exit status 2."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        line = error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# progress
+
+def progress(total, desc, quiet=False, unit="step"):
+    """A tqdm bar (step, postfix, ETA) when stderr is a terminal and not quiet; otherwise None, and the caller
+    prints its plain log lines instead (logs stay readable)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
