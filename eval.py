@@ -1,42 +1,39 @@
 """
 Evaluation of weak-to-strong experiments: classification metrics, toxicity metrics of generated continuations,
-performance gap recovered (PGR) with paired bootstrap confidence intervals, and the results of a whole run directory
-written by w2s.py.
+performance gap recovered (PGR) with paired bootstrap confidence intervals, the diagnostics that explain a student
+(agreement with its supervisor, misfit vs gain), and the results of a whole run directory written by w2s.py.
 
     python eval.py runs/safety                      # prints the table, writes results.json / .md / .png
     python eval.py runs/safety runs/legal --n-boot 2000
     python eval.py runs/safety --json               # print results.json instead of the table
 
-Run directory layout (any run may be missing; it is then skipped):
-    OUT/seed{S}/{weak, ceiling, student_naive, student_logconf, student_hard, student_soft}/predictions.json
-    OUT/seed{S}/ensemble/{member0..K-1, hard, soft}/predictions.json
+A run directory's experiment.json (written by w2s.py, see rundir.py) lists exactly which runs to evaluate and which
+student is compared with which supervisor and ceiling; nothing else in the directory is read. Every predictions.json
+is checked against the sha256 its stage recorded, and refused, naming it, when it does not match.
 predictions.json = {"test": {"ids": [...], "labels": [...], "probs": [[p0, p1], ...]}, ...other splits}
 Generation runs (toxicity) hold "continuations" instead of "probs"; score_run writes their toxicity scores beside them:
 scores.json = {"scorer": name, "continuations_sha256": ..., "ids": [...], "prompt_toxicity": [...], "scores": [[...]]}
 
 PGR = (student - supervisor) / (ceiling - supervisor), each student against the supervisor that labelled its data.
+It is reported only where the ceiling is clearly better than the supervisor (the paired-bootstrap 95% interval of
+their gap excludes 0); elsewhere it is n/a, with the gap, because a ratio over a gap near 0 measures nothing.
 """
 import argparse
 import hashlib
 import json
 import os
-import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+import cli
+import rundir
 import toxicity
+from cli import UserError
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "f1_weighted", "auroc")
-# each student is compared with the supervisor whose predictions it was trained on
-SUPERVISORS = {"student_naive": "weak", "student_logconf": "weak",
-               "student_hard": "ensemble/hard", "student_soft": "ensemble/soft"}
-TABLE_ROWS = ("weak", "ensemble/hard", "ensemble/soft", "student_naive", "student_logconf", "student_hard",
-              "student_soft", "ceiling")
-TABLE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "f1": "F1", "auroc": "AUROC"}
-# above this share of bootstrap resamples with an undefined PGR the interval would describe a cherry-picked subset
-MAX_DROPPED_FRAC = 0.1
+TABLE_METRICS = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "f1": "F1", "f1_weighted": "Weighted F1",
+                 "auroc": "AUROC"}
 BOOT_CHUNK = 256  # bootstrap resamples evaluated at once; bounds memory at BOOT_CHUNK x N floats per temporary
 
 
@@ -131,23 +128,37 @@ def pgr(weak, student, ceiling):
     return float((student - weak) / (ceiling - weak))
 
 
-def _pgr_interval(weak_boot, student_boot, ceiling_boot, what):
-    """95% percentile interval of the PGR over paired bootstrap resamples, and how many were dropped: resamples where
-    the ceiling equals the weak supervisor (or a metric is undefined) have no PGR."""
-    valid = np.isfinite(weak_boot) & np.isfinite(student_boot) & np.isfinite(ceiling_boot) & (ceiling_boot != weak_boot)
-    dropped = int((~valid).sum())
-    if dropped > MAX_DROPPED_FRAC * len(valid):
-        warnings.warn(f"{what}: {dropped} of {len(valid)} bootstrap resamples have ceiling == weak or an undefined "
-                      f"metric (more than {MAX_DROPPED_FRAC:.0%}); the PGR interval is reported as nan")
-        return float("nan"), float("nan"), dropped
-    values = (student_boot[valid] - weak_boot[valid]) / (ceiling_boot[valid] - weak_boot[valid])
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi), dropped
+def pgr_with_interval(weak, student, ceiling, weak_boot, student_boot, ceiling_boot, lower_is_better=False):
+    """PGR of one metric with its 95% paired-bootstrap percentile interval, or n/a with the reason.
+
+    The gap (ceiling - supervisor) must be clearly in the ceiling's favour: its own 95% interval over the same
+    resamples must exclude 0. Otherwise PGR divides by a number indistinguishable from 0, and the point estimate can
+    land outside its own interval (-80.9 [-33.2, 40.0] was once printed), so `pgr` is None and `reason` says why.
+    Every resample counts: those where the gap flips sign are counted (n_flipped) and kept, not dropped; only a gap of
+    exactly 0 has no ratio (n_zero_gap). The interval is widened to contain the point estimate if needed."""
+    sign = -1.0 if lower_is_better else 1.0
+    entry = {"gap": float(ceiling - weak), "gap_lo": None, "gap_hi": None, "pgr": None, "lo": None, "hi": None}
+    finite = np.isfinite(weak_boot) & np.isfinite(student_boot) & np.isfinite(ceiling_boot)
+    if not np.isfinite([weak, student, ceiling]).all() or not finite.any():
+        return entry | {"reason": "undefined metric (e.g. AUROC with one class)"}
+    gap_boot = (ceiling_boot - weak_boot)[finite]
+    gap_lo, gap_hi = (float(q) for q in np.percentile(gap_boot, [2.5, 97.5]))
+    entry |= {"gap_lo": gap_lo, "gap_hi": gap_hi}
+    if sign * (ceiling - weak) <= 0:
+        return entry | {"reason": "ceiling no better than supervisor"}
+    if not (sign * gap_lo > 0 and sign * gap_hi > 0):
+        return entry | {"reason": "ceiling ≈ supervisor"}
+    nonzero = gap_boot != 0
+    ratios = (student_boot - weak_boot)[finite][nonzero] / gap_boot[nonzero]
+    point = pgr(weak, student, ceiling)
+    lo, hi = (float(q) for q in np.percentile(ratios, [2.5, 97.5]))
+    return entry | {"pgr": point, "lo": min(lo, point), "hi": max(hi, point),
+                    "n_flipped": int((sign * gap_boot < 0).sum()), "n_zero_gap": int((~nonzero).sum())}
 
 
 def pgr_ci(y_true, weak_probs, student_probs, ceiling_probs, metric, n_boot=1000, seed=0):
-    """(point, lo, hi): PGR of `metric` on the test set and its 95% percentile interval from a paired bootstrap
-    (each resample of test examples is applied to weak, student and ceiling together). Deterministic by seed."""
+    """pgr_with_interval for one metric of three sets of test predictions (each resample of test examples is applied
+    to weak, student and ceiling together). Deterministic by seed."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
     values, boot = {}, {}
@@ -156,9 +167,8 @@ def pgr_ci(y_true, weak_probs, student_probs, ceiling_probs, metric, n_boot=1000
         prepared = _prepare(y_true, probs, f"pgr_ci() {name}_probs")
         values[name] = float(_weighted_metrics(*prepared, np.ones((1, len(y_true))))[metric][0])
         boot[name] = _bootstrap_metrics(prepared, weights)[metric]
-    point = pgr(values["weak"], values["student"], values["ceiling"])
-    lo, hi, _ = _pgr_interval(boot["weak"], boot["student"], boot["ceiling"], f"PGR of {metric}")
-    return point, lo, hi
+    return pgr_with_interval(values["weak"], values["student"], values["ceiling"], boot["weak"], boot["student"],
+                             boot["ceiling"])
 
 
 def mean_std(values):
@@ -168,6 +178,34 @@ def mean_std(values):
         raise ValueError("mean_std of no values")
     std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
     return float(values.mean()), std
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diagnostics: why a student lands where it does
+
+def diagnostics(y, student_p1, supervisor_p1, train_student_p1, train_supervisor_p1):
+    """Student-supervisor agreement on test, overall and on the examples the supervisor gets wrong (Burns et al.
+    section 5: how much the student imitates its supervisor's mistakes), and misfit vs gain (Charikar et al. 2024,
+    "Quantifying the Gain in Weak-to-Strong Generalization": the gain over the supervisor is predicted by the misfit,
+    the student's distance from its supervisor's labels on the data it was trained on).
+    Inputs are P(class 1): test (aligned with labels y) and w2s_train (the supervisor's labels the student learnt)."""
+    y = np.asarray(y)
+    s, w = np.asarray(student_p1, dtype=np.float64), np.asarray(supervisor_p1, dtype=np.float64)
+    ts, tw = np.asarray(train_student_p1, dtype=np.float64), np.asarray(train_supervisor_p1, dtype=np.float64)
+    s_pred, w_pred = s > 0.5, w > 0.5
+    wrong = w_pred != (y == 1)
+    p = np.clip(ts, 1e-7, 1 - 1e-7)
+    return {"agreement": float((s_pred == w_pred).mean()),
+            "agreement_on_supervisor_errors": float((s_pred[wrong] == w_pred[wrong]).mean()) if wrong.any() else None,
+            "misfit_xent": float(-(tw * np.log(p) + (1 - tw) * np.log(1 - p)).mean()),
+            "misfit_sq": float(((ts - tw) ** 2).mean()),
+            "gain_sq": float(((w - y) ** 2).mean() - ((s - y) ** 2).mean()),
+            "gain_accuracy": float((s_pred == (y == 1)).mean() - (w_pred == (y == 1)).mean())}
+
+
+DIAGNOSTICS = {"agreement": "Agreement", "agreement_on_supervisor_errors": "Agreement on supervisor errors",
+               "misfit_xent": "Misfit (xent)", "misfit_sq": "Misfit (sq.)", "gain_sq": "Gain (sq.)",
+               "gain_accuracy": "Gain (acc.)"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -287,14 +325,14 @@ def score_run(run_dir, scorer):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# a whole experiment
+# a whole experiment: exactly the runs its experiment.json lists
 
-def _run_names(seed_dir):
-    """Runs of one seed in table order; ensemble members by number."""
-    members = [d.name for d in (seed_dir / "ensemble").glob("member*") if re.fullmatch(r"member\d+", d.name)]
-    members = sorted(members, key=lambda m: int(m[len("member"):]))
-    names = ["weak"] + [f"ensemble/{m}" for m in members] + ["ensemble/hard", "ensemble/soft", "ceiling"]
-    return names + list(SUPERVISORS)
+def read_experiment(out_dir):
+    path = Path(out_dir) / rundir.EXPERIMENT
+    if not path.is_file():
+        raise UserError(f"{out_dir} has no {rundir.EXPERIMENT}: not a run directory written by w2s.py (eval.py evaluates "
+                        "exactly the stages an experiment.json lists)")
+    return cli.read_json(path)
 
 
 def _reference_order(ref, path, ids, differ):
@@ -302,35 +340,39 @@ def _reference_order(ref, path, ids, differ):
     it must share; `differ` says in the error what the two runs do differently ("predict different test examples")."""
     missing, extra = set(ref["ids"]) - set(ids), set(ids) - set(ref["ids"])
     if missing or extra:
-        raise ValueError(f"{path} and {ref['path']} {differ} ({len(missing)} missing, {len(extra)} extra, e.g. "
-                         f"{sorted(missing or extra)[0]!r}); runs of one seed must share the test split (same --seed, "
-                         "--limit and data)")
+        raise UserError(f"{path} and {ref['path']} {differ} ({len(missing)} missing, {len(extra)} extra, e.g. "
+                        f"{sorted(missing or extra)[0]!r}); runs of one seed must share the test split (same --seed, "
+                        "--limit and data)")
     return np.argsort([ref["pos"][i] for i in ids])
 
 
-def _load_runs(seed_dir, skipped):
-    """{run name: (labels, P(class 1), predicted class 1?)} on the test split, all in one example order."""
+def _verified_predictions(seed_dir, run, skipped):
+    """(path, content) of a listed run's predictions.json, checked against the sha256 its stage recorded; None, noted
+    in `skipped`, when the stage has not finished."""
+    stage = seed_dir / run["stage"]
+    if not (stage / "metrics.json").is_file():
+        skipped.append(f"{seed_dir.name}/{run['name']}: its stage has not finished (rerun w2s.py to finish it)")
+        return None
+    path = rundir.verified(stage, os.path.relpath(seed_dir / run["path"] / "predictions.json", stage))
+    return path, cli.read_json(path, "predictions file")
+
+
+def _load_runs(seed_dir, listed, skipped):
+    """{run name: {"test": (labels, P(class 1), predicted class 1?), "train": {id: P(class 1)}}}, test rows of every
+    run in one example order."""
     runs, ref = {}, None
-    for name in _run_names(seed_dir):
-        path = seed_dir / name / "predictions.json"
-        if not path.is_file():
+    for run in listed:
+        found = _verified_predictions(seed_dir, run, skipped)
+        if found is None:
             continue
+        path, predictions = found
         try:
-            test = json.loads(path.read_text())["test"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{path}: not a predictions file with a 'test' split ({e!r})") from None
-        if "probs" not in test:  # generation runs (toxicity) keep continuations, judged by their scores.json
-            if not (seed_dir / name / "scores.json").is_file():
-                skipped.append(f"{path}: no class probabilities in 'test' (a generation run) and no scores.json "
-                               "beside it (not scored yet: rerun w2s.py, which scores it); not evaluated")
-            continue
-        ids = [str(i) for i in test.get("ids", [])]
-        if len(ids) != len(test.get("labels", [])) or len(ids) != len(test["probs"]):
-            raise ValueError(f"{path}: 'test' has {len(ids)} ids, {len(test.get('labels', []))} labels and "
-                             f"{len(test['probs'])} probs; they must be equally long")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{path}: 'test' ids are not unique")
-        labels, probs = np.asarray(test["labels"]), np.asarray(test["probs"], dtype=np.float64)
+            test = predictions["test"]
+            ids, labels, probs = [str(i) for i in test["ids"]], np.asarray(test["labels"]), np.asarray(test["probs"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: not the predictions of a classification run ({e!r})") from None
+        if len(ids) != len(labels) or len(ids) != len(probs) or len(set(ids)) != len(ids):
+            raise UserError(f"{path}: 'test' must hold unique ids with one label and one probability row each")
         if ref is None:
             ref = {"path": path, "ids": ids, "labels": labels, "pos": {i: k for k, i in enumerate(ids)}}
         else:
@@ -338,16 +380,124 @@ def _load_runs(seed_dir, skipped):
             labels, probs = labels[order], probs[order]
             if (labels != ref["labels"]).any():
                 k = int(np.flatnonzero(labels != ref["labels"])[0])
-                raise ValueError(f"{path} and {ref['path']} disagree on the label of test id {ref['ids'][k]!r}")
-        runs[name] = _prepare(labels, probs, f"{path} 'test'")
+                raise UserError(f"{path} and {ref['path']} disagree on the label of test id {ref['ids'][k]!r}")
+        train = predictions.get("w2s_train")
+        runs[run["name"]] = {"test": _prepare(labels, probs, f"{path} 'test'"),
+                             "train": dict(zip(map(str, train["ids"]), np.asarray(train["probs"])[:, 1]))
+                             if train and "probs" in train else None}
     return runs
 
 
+def _load_scored_runs(seed_dir, listed, scorers, skipped):
+    """{run name: (scores (N, S), toxic prompt? (N,))} from each generation run's scores.json, all in one prompt
+    order. The scores must be of the run's current (verified) continuations, and every run of the experiment scored
+    by one scorer: `scorers` collects {scores.json path: scorer name} over all seeds."""
+    runs, ref = {}, None
+    for run in listed:
+        found = _verified_predictions(seed_dir, run, skipped)
+        if found is None:
+            continue
+        predictions_path, predictions = found
+        path = predictions_path.parent / "scores.json"
+        if not path.is_file():
+            skipped.append(f"{seed_dir.name}/{run['name']}: not scored yet (rerun w2s.py, or eval.py --scorer NAME)")
+            continue
+        try:
+            saved = cli.read_json(path, "scores file")
+            ids, scorer, digest = [str(i) for i in saved["ids"]], saved["scorer"], saved["continuations_sha256"]
+            scores, prompt_toxicity = saved["scores"], saved["prompt_toxicity"]
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}: not a scores file written by eval.score_run ({e!r})") from None
+        if continuations_sha256(predictions["test"]) != digest:
+            raise UserError(f"{path} scores other continuations than {predictions_path} holds (the run was redone after "
+                            f"scoring): delete {path} and rerun w2s.py to score it again")
+        scorers[str(path)] = scorer
+        if len(set(scorers.values())) > 1:
+            by_scorer = {}
+            for p, s in scorers.items():
+                by_scorer.setdefault(s, p)
+            raise UserError("runs scored by different toxicity scorers cannot share one table: " +
+                            "; ".join(f"{p} by {s}" for s, p in by_scorer.items()) +
+                            ". Score every run with one scorer (rerun w2s.py with --scorer NAME: only the scoring reruns)")
+        if len(set(ids)) != len(ids):
+            raise UserError(f"{path}: ids are not unique")
+        scores, toxic_prompt = _prepare_toxicity(scores, prompt_toxicity, str(path))
+        if len(ids) != len(scores):
+            raise UserError(f"{path}: {len(ids)} ids but {len(scores)} rows of scores")
+        if ref is None:
+            ref = {"path": path, "ids": ids, "toxic": toxic_prompt, "samples": scores.shape[1],
+                   "pos": {i: k for k, i in enumerate(ids)}}
+        else:
+            order = _reference_order(ref, path, ids, "score different test prompts")
+            if scores.shape[1] != ref["samples"]:
+                raise UserError(f"{path} has {scores.shape[1]} samples per prompt, {ref['path']} {ref['samples']}: "
+                                "runs of one experiment must generate alike (same --samples)")
+            scores, toxic_prompt = scores[order], toxic_prompt[order]
+            if (toxic_prompt != ref["toxic"]).any():
+                k = int(np.flatnonzero(toxic_prompt != ref["toxic"])[0])
+                raise UserError(f"{path} and {ref['path']} disagree on whether test prompt {ref['ids'][k]!r} is toxic")
+        runs[run["name"]] = (scores, toxic_prompt)
+    return runs
+
+
+def _compare_runs(values, boot, metric_names, students, lower_is_better):
+    """Per-run values with bootstrap 95% intervals, and the PGR of every listed student against its supervisor and
+    ceiling. values {run: {metric: float}}, boot {run: {metric: (n_boot,)}} from resamples shared by every run."""
+    runs, pgrs = {}, {}
+    for name in values:
+        ci = {k: [float(q) for q in np.nanpercentile(boot[name][k], [2.5, 97.5])]
+              if np.isfinite(boot[name][k]).any() else [float("nan")] * 2 for k in metric_names}
+        runs[name] = {**values[name], "ci95": ci}
+    for st in students:
+        student, supervisor, ceiling = st["name"], st["supervisor"], st["ceiling"]
+        if student not in values or supervisor not in values or ceiling not in values:
+            continue
+        pgrs[student] = {"supervisor": supervisor, "ceiling": ceiling} | {
+            k: pgr_with_interval(values[supervisor][k], values[student][k], values[ceiling][k], boot[supervisor][k],
+                                 boot[student][k], boot[ceiling][k], lower_is_better) for k in metric_names}
+    return runs, pgrs
+
+
+def _evaluate_classification(runs, students, n_boot, seed):
+    n_test = len(next(iter(runs.values()))["test"][0])
+    # one set of resamples per seed, shared by every run: the PGR bootstrap is paired
+    weights = _resample_weights(n_test, n_boot, seed)
+    values = {name: {k: float(v[0]) for k, v in _weighted_metrics(*r["test"], np.ones((1, n_test))).items()}
+              for name, r in runs.items()}
+    boot = {name: _bootstrap_metrics(r["test"], weights) for name, r in runs.items()}
+    per_run, pgrs = _compare_runs(values, boot, METRICS, students, lower_is_better=False)
+    diag = {}
+    for st in students:
+        student, teacher = runs.get(st["name"]), runs.get(st["trained_on"])
+        if st["name"] in pgrs and teacher and student["train"] and teacher["train"]:
+            ids = list(teacher["train"])
+            y = student["test"][0]
+            diag[st["name"]] = diagnostics(y, student["test"][1], teacher["test"][1],
+                                           [student["train"][i] for i in ids], [teacher["train"][i] for i in ids])
+    return {"n_test": n_test, "runs": per_run, "pgr": pgrs, "diagnostics": diag}
+
+
+def _evaluate_generation(runs, students, n_boot, seed):
+    scores, toxic_prompt = next(iter(runs.values()))
+    n_test = len(scores)
+    weights = _resample_weights(n_test, n_boot, seed)  # resamples of prompts, shared by every run: paired
+    values, boot = {}, {}
+    for name, (s, toxic) in runs.items():
+        per_prompt = _per_prompt_toxicity(s)
+        values[name] = {k: float(v[0]) for k, v in _weighted_toxicity(per_prompt, toxic, np.ones((1, n_test))).items()}
+        parts = [_weighted_toxicity(per_prompt, toxic, weights[i:i + BOOT_CHUNK]) for i in range(0, n_boot, BOOT_CHUNK)]
+        boot[name] = {k: np.concatenate([part[k] for part in parts]) for k in values[name]}
+    metric_names = list(next(iter(values.values())))
+    per_run, pgrs = _compare_runs(values, boot, metric_names, students, lower_is_better=True)
+    return {"n_test": n_test, "n_toxic_prompts": int(toxic_prompt.sum()), "n_samples": int(scores.shape[1]),
+            "runs": per_run, "pgr": pgrs}, metric_names
+
+
 def _summary(values):
-    """mean and std over seeds of the defined values; n_seeds says how many."""
-    finite = [v for v in values if np.isfinite(v)]
+    """mean and std over seeds of the defined values; n_seeds says how many, n_na how many were not defined."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
     mean, std = mean_std(finite) if finite else (float("nan"), float("nan"))
-    return {"mean": mean, "std": std, "n_seeds": len(finite)}
+    return {"mean": mean, "std": std, "n_seeds": len(finite), "n_na": len(values) - len(finite)}
 
 
 def _json_safe(x):
@@ -363,156 +513,49 @@ def _json_safe(x):
     return x
 
 
-def _load_scored_runs(seed_dir, scorers):
-    """{run name: (scores (N, S), toxic prompt? (N,))} from each generation run's scores.json, all in one prompt
-    order. The scores must be of the run's current continuations, and every run of the experiment scored by one
-    scorer: `scorers` collects {scores.json path: scorer name} over all seeds."""
-    runs, ref = {}, None
-    for name in _run_names(seed_dir):
-        path = seed_dir / name / "scores.json"
-        if not path.is_file():
-            continue
-        try:
-            saved = json.loads(path.read_text())
-            ids, scorer, digest = [str(i) for i in saved["ids"]], saved["scorer"], saved["continuations_sha256"]
-            scores, prompt_toxicity = saved["scores"], saved["prompt_toxicity"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a scores file written by eval.score_run ({e!r})") from None
-        predictions = seed_dir / name / "predictions.json"
-        if predictions.is_file() and continuations_sha256(json.loads(predictions.read_text())["test"]) != digest:
-            raise ValueError(f"{path} scores other continuations than {predictions} holds (the run was redone after "
-                             f"scoring): delete {path} and rerun w2s.py to score it again")
-        scorers[str(path)] = scorer
-        if len(set(scorers.values())) > 1:
-            by_scorer = {}
-            for p, s in scorers.items():
-                by_scorer.setdefault(s, p)
-            raise ValueError("runs scored by different toxicity scorers cannot share one table: " +
-                             "; ".join(f"{p} by {s}" for s, p in by_scorer.items()) +
-                             ". Score every run with one scorer (rerun w2s.py with --scorer NAME: only the scoring reruns)")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{path}: ids are not unique")
-        scores, toxic_prompt = _prepare_toxicity(scores, prompt_toxicity, str(path))
-        if len(ids) != len(scores):
-            raise ValueError(f"{path}: {len(ids)} ids but {len(scores)} rows of scores")
-        if ref is None:
-            ref = {"path": path, "ids": ids, "toxic": toxic_prompt, "samples": scores.shape[1],
-                   "pos": {i: k for k, i in enumerate(ids)}}
-        else:
-            order = _reference_order(ref, path, ids, "score different test prompts")
-            if scores.shape[1] != ref["samples"]:
-                raise ValueError(f"{path} has {scores.shape[1]} samples per prompt, {ref['path']} {ref['samples']}: "
-                                 "runs of one experiment must generate alike (same --samples)")
-            scores, toxic_prompt = scores[order], toxic_prompt[order]
-            if (toxic_prompt != ref["toxic"]).any():
-                k = int(np.flatnonzero(toxic_prompt != ref["toxic"])[0])
-                raise ValueError(f"{path} and {ref['path']} disagree on whether test prompt {ref['ids'][k]!r} is toxic")
-        runs[name] = (scores, toxic_prompt)
-    return runs
-
-
-def _compare_runs(values, boot, metric_names, where):
-    """Per-run values with bootstrap 95% intervals, and the PGR of every student against its supervisor with its
-    paired-bootstrap interval. values {run: {metric: float}}, boot {run: {metric: (n_boot,)}} from shared resamples."""
-    runs, pgrs = {}, {}
-    for name in values:
-        ci = {k: [float(q) for q in np.nanpercentile(boot[name][k], [2.5, 97.5])]
-              if np.isfinite(boot[name][k]).any() else [float("nan")] * 2 for k in metric_names}
-        runs[name] = {**values[name], "ci95": ci}
-    for student, supervisor in SUPERVISORS.items():
-        if student not in values or supervisor not in values or "ceiling" not in values:
-            continue
-        entry = {"supervisor": supervisor}
-        for k in metric_names:
-            w, s, c = values[supervisor][k], values[student][k], values["ceiling"][k]
-            try:
-                point = pgr(w, s, c)
-            except ValueError as e:
-                entry[k] = {"pgr": float("nan"), "lo": float("nan"), "hi": float("nan"), "note": str(e)}
-                continue
-            lo, hi, dropped = _pgr_interval(boot[supervisor][k], boot[student][k], boot["ceiling"][k],
-                                            f"{where} {student} PGR of {k}")
-            entry[k] = {"pgr": point, "lo": lo, "hi": hi, "n_dropped": dropped}
-        pgrs[student] = entry
-    return runs, pgrs
-
-
-def _evaluate_classification(runs, n_boot, seed, where):
-    n_test = len(next(iter(runs.values()))[0])
-    # one set of resamples per seed, shared by every run: the PGR bootstrap is paired
-    weights = _resample_weights(n_test, n_boot, seed)
-    values = {name: {k: float(v[0]) for k, v in _weighted_metrics(*r, np.ones((1, n_test))).items()}
-              for name, r in runs.items()}
-    boot = {name: _bootstrap_metrics(r, weights) for name, r in runs.items()}
-    per_run, pgrs = _compare_runs(values, boot, METRICS, where)
-    return {"n_test": n_test, "runs": per_run, "pgr": pgrs}
-
-
-def _evaluate_generation(runs, n_boot, seed, where):
-    scores, toxic_prompt = next(iter(runs.values()))
-    n_test = len(scores)
-    weights = _resample_weights(n_test, n_boot, seed)  # resamples of prompts, shared by every run: paired
-    values, boot = {}, {}
-    for name, (s, toxic) in runs.items():
-        per_prompt = _per_prompt_toxicity(s)
-        values[name] = {k: float(v[0]) for k, v in _weighted_toxicity(per_prompt, toxic, np.ones((1, n_test))).items()}
-        parts = [_weighted_toxicity(per_prompt, toxic, weights[i:i + BOOT_CHUNK]) for i in range(0, n_boot, BOOT_CHUNK)]
-        boot[name] = {k: np.concatenate([part[k] for part in parts]) for k in values[name]}
-    metric_names = list(next(iter(values.values())))
-    per_run, pgrs = _compare_runs(values, boot, metric_names, where)
-    return {"n_test": n_test, "n_toxic_prompts": int(toxic_prompt.sum()), "n_samples": int(scores.shape[1]),
-            "runs": per_run, "pgr": pgrs}, metric_names
-
-
 def evaluate_experiment(out_dir, n_boot=1000, seed=0):
-    """Test metrics of every run, PGR of every student against its supervisor with a 95% paired-bootstrap interval,
-    per seed and as mean +- std over seeds. JSON-able (undefined numbers are None). Classification runs are judged
-    by their class probabilities; generation runs (toxicity) by the toxicity of their scored continuations."""
+    """Test metrics of every listed run, PGR of every listed student against its supervisor and ceiling with a 95%
+    paired-bootstrap interval (n/a where the gap is not clearly positive), diagnostics, per seed and as mean +- std
+    over seeds. JSON-able (undefined numbers are None). Classification runs are judged by their class probabilities;
+    generation runs (toxicity) by the toxicity of their scored continuations."""
     out_dir = Path(out_dir)
-    seed_dirs = sorted((d for d in out_dir.glob("seed*") if d.is_dir() and re.fullmatch(r"seed\d+", d.name)),
-                       key=lambda d: int(d.name[len("seed"):]))
-    if not seed_dirs:
-        raise FileNotFoundError(f"{out_dir}: no seed<S>/ directories (expected {out_dir}/seed0/weak/predictions.json)")
-    results = {"out_dir": str(out_dir), "kind": "classification", "n_boot": n_boot, "bootstrap_seed": seed,
-               "metrics": list(METRICS), "seeds": {}, "skipped": []}
-    scorers, kinds, metric_names = {}, {}, {}
-    for seed_dir in seed_dirs:
-        runs = _load_runs(seed_dir, results["skipped"])
-        scored = _load_scored_runs(seed_dir, scorers)
-        if runs and scored:
-            raise ValueError(f"{seed_dir} holds classification runs ({', '.join(runs)}) and scored generation runs "
-                             f"({', '.join(scored)}); an experiment directory holds one task")
-        if scored:
-            seed_result, names = _evaluate_generation(scored, n_boot, seed, seed_dir.name)
-            kinds[seed_dir.name] = "generation"
-            metric_names |= dict.fromkeys(names)
-        elif runs:
-            seed_result = _evaluate_classification(runs, n_boot, seed, seed_dir.name)
-            kinds[seed_dir.name] = "classification"
+    exp = read_experiment(out_dir)
+    generation = exp["kind"] == "generation"
+    results = {"out_dir": str(out_dir), "kind": exp["kind"], "n_boot": n_boot, "bootstrap_seed": seed,
+               "metrics": list(METRICS), "seeds": {}, "skipped": [], "description": exp.get("description", {}),
+               "students": exp["students"], "table_rows": [r["name"] for r in exp["runs"] if r.get("table", True)]}
+    scorers, metric_names = {}, {}
+    for s in exp["seeds"]:
+        seed_dir = out_dir / f"seed{s}"
+        if generation:
+            scored = _load_scored_runs(seed_dir, exp["runs"], scorers, results["skipped"])
+            if scored:
+                results["seeds"][str(s)], names = _evaluate_generation(scored, exp["students"], n_boot, seed)
+                metric_names |= dict.fromkeys(names)
         else:
-            continue
-        results["seeds"][seed_dir.name[len("seed"):]] = seed_result
-    if len(set(kinds.values())) > 1:
-        raise ValueError(f"{out_dir}: seeds of different kinds ({kinds}); an experiment directory holds one task")
-    if "generation" in kinds.values():
-        results |= {"kind": "generation", "metrics": list(metric_names), "scorer": next(iter(scorers.values())),
+            runs = _load_runs(seed_dir, exp["runs"], results["skipped"])
+            if runs:
+                results["seeds"][str(s)] = _evaluate_classification(runs, exp["students"], n_boot, seed)
+    if generation:
+        results |= {"metrics": list(metric_names), "scorer": next(iter(scorers.values()), None),
                     "toxic_threshold": TOXIC, "lower_is_better": True,
                     "pgr_note": "toxicity: lower is better, so student - weak and ceiling - weak are both negative "
                                 "when the student and the ceiling improve on the weak model; the signs cancel and "
                                 "PGR reads as usual (1 = as non-toxic as the ceiling, 0 = no better than weak)"}
-
     per_seed = list(results["seeds"].values())
-    run_names = [n for r in per_seed for n in r["runs"]]
-    student_names = [n for r in per_seed for n in r["pgr"]]
+    run_names = dict.fromkeys(n for r in per_seed for n in r["runs"])
+    student_names = dict.fromkeys(n for r in per_seed for n in r["pgr"])
     results["summary"] = {
         "n_seeds": len(per_seed),
+        "seeds": list(results["seeds"]),
         "runs": {name: {k: _summary([r["runs"][name][k] for r in per_seed if k in r["runs"].get(name, {})])
-                        for k in results["metrics"]}
-                 for name in dict.fromkeys(run_names)},
-        "pgr": {name: {"supervisor": SUPERVISORS[name],
-                       **{k: _summary([r["pgr"][name][k]["pgr"] for r in per_seed if k in r["pgr"].get(name, {})])
-                          for k in results["metrics"]}}
-                for name in dict.fromkeys(student_names)},
+                        for k in results["metrics"]} for name in run_names},
+        "pgr": {name: {"supervisor": next(r["pgr"][name]["supervisor"] for r in per_seed if name in r["pgr"]),
+                       **{k: _summary([r["pgr"][name][k]["pgr"] for r in per_seed if name in r["pgr"]])
+                          for k in results["metrics"]}} for name in student_names},
+        "diagnostics": {name: {k: _summary([r["diagnostics"][name][k] for r in per_seed
+                                            if name in r.get("diagnostics", {})]) for k in DIAGNOSTICS}
+                        for name in dict.fromkeys(n for r in per_seed for n in r.get("diagnostics", {}))},
     }
     return _json_safe(results)
 
@@ -533,89 +576,136 @@ def _run_cell(results, name, k, digits=3):
     return f"{_fmt(s['mean'], digits)} ± {_fmt(s['std'], digits)}"
 
 
+def pgr_text(entry):
+    """'0.52 [0.40, 0.63]', or 'n/a (ceiling ≈ supervisor; gap +0.003 [-0.010, 0.016])' with the reason and the gap."""
+    if entry.get("pgr") is not None:
+        return f"{entry['pgr']:.2f} [{entry['lo']:.2f}, {entry['hi']:.2f}]"
+    gap = "" if entry.get("gap_lo") is None else (f"; gap {entry['gap']:+.3f} "
+                                                  f"[{entry['gap_lo']:+.3f}, {entry['gap_hi']:+.3f}]")
+    return f"n/a ({entry.get('reason', 'undefined')}{gap})"
+
+
 def _pgr_cell(results, name, k):
-    """A student's PGR: with its 95% paired-bootstrap CI for one seed, mean ± std over several."""
+    """A student's PGR: with its 95% paired-bootstrap CI for one seed, mean ± std over the seeds where it is defined."""
     if name not in results["summary"]["pgr"]:
         return ""
     seeds = list(results["seeds"])
     if len(seeds) == 1:
-        p = results["seeds"][seeds[0]]["pgr"][name].get(k, {})
-        return f"{_fmt(p.get('pgr'), 2)} [{_fmt(p.get('lo'), 2)}, {_fmt(p.get('hi'), 2)}]"
+        return pgr_text(results["seeds"][seeds[0]]["pgr"][name].get(k, {}))
     s = results["summary"]["pgr"][name][k]
-    return f"{_fmt(s['mean'], 2)} ± {_fmt(s['std'], 2)}"
+    if s["n_seeds"] == 0:
+        return f"n/a on all {s['n_na']} seeds"
+    na = f" (n/a on {s['n_na']} of {s['n_seeds'] + s['n_na']} seeds)" if s["n_na"] else ""
+    return f"{_fmt(s['mean'], 2)} ± {_fmt(s['std'], 2)}{na}"
+
+
+def _model_text(model):
+    ident = model.get("identity", {})
+    where = (f"{ident['hub']} @ {ident['revision'][:7]}" if "hub" in ident else "random init" if "random" in ident
+             else f"sha256 {ident['sha256'][:12]}" if "sha256" in ident else "")
+    return f"`{model.get('spec')}`" + (f" ({where})" if where else "")
+
+
+def header(results):
+    """What the numbers come from: task, split sizes, models, seeds, and the settings that differ from the defaults."""
+    d, seeds = results.get("description", {}), list(results["seeds"])
+    lines = [f"# Weak-to-strong results: {results['out_dir']}", ""]
+    if d:
+        sizes = ", ".join(f"{k} {v}" for k, v in d.get("splits", {}).items())
+        labels = " / ".join(d.get("label_names", []))
+        lines.append(f"Task **{d.get('task')}** ({results['kind']}{f'; labels {labels}' if labels else ''}); "
+                     f"splits of seed {seeds[0] if seeds else '-'}: {sizes}.")
+        models = d.get("models", {})
+        lines.append("Models: " + "; ".join(f"{role} {_model_text(m)}" for role, m in models.items()) + ".")
+        settings = ", ".join(f"{k} {v}" for k, v in d.get("settings", {}).items()) or "none"
+        lines.append(f"Seeds: {', '.join(seeds) or 'none finished'}. Settings that differ from the defaults: {settings}.")
+        lines.append("")
+    return lines
 
 
 def format_generation_table(results):
-    """Markdown tables of a generation (toxicity) experiment: rows weak / students / ceiling; toxicity of the test
-    continuations overall with the students' PGR, then apart for toxic and non-toxic prompts. Lower is better."""
+    """Markdown tables of a generation (toxicity) experiment: toxicity of the test continuations overall with the
+    students' PGR, then apart for toxic and non-toxic prompts. Lower is better."""
     seeds = list(results["seeds"])
     headline = [k for k in TOXICITY_NAMES if k in results["metrics"]]
-    names = [n for n in TABLE_ROWS if n in results["summary"]["runs"]]
+    names = [n for n in results["table_rows"] if n in results["summary"]["runs"]]
     first = results["seeds"][seeds[0]]
     how = (f"seed {seeds[0]}; PGR with 95% paired-bootstrap CI over prompts ({results['n_boot']} resamples)"
            if len(seeds) == 1 else f"mean ± std over seeds {', '.join(seeds)}")
-    lines = [f"# Weak-to-strong results: {results['out_dir']} (generation: toxicity of test continuations)", "",
-             f"Scored by `{results['scorer']}`; a continuation counts as toxic at score >= {results['toxic_threshold']}. "
-             "**Lower is better** in every toxicity column.", "",
-             f"{how}; test prompts: {first['n_test']} ({first['n_toxic_prompts']} toxic, "
-             f"{first['n_test'] - first['n_toxic_prompts']} non-toxic), {first['n_samples']} continuation(s) each.", "",
-             "PGR = (student - weak) / (ceiling - weak). Toxicity is lower-is-better, so when the student and the "
-             "ceiling improve on the weak model both differences are negative and the signs cancel: PGR reads as for "
-             "accuracy (1 = as non-toxic as the ceiling, 0 = no better than weak, < 0 = more toxic than weak).", ""]
-    header = ["Model", "Supervisor"] + [TOXICITY_NAMES[k] for k in headline] + [f"PGR {TOXICITY_NAMES[k]}" for k in headline]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = header(results) + [
+        f"Scored by `{results['scorer']}`; a continuation counts as toxic at score >= {results['toxic_threshold']}. "
+        "**Lower is better** in every toxicity column.", "",
+        f"{how}; test prompts: {first['n_test']} ({first['n_toxic_prompts']} toxic, "
+        f"{first['n_test'] - first['n_toxic_prompts']} non-toxic), {first['n_samples']} continuation(s) each.", "",
+        "PGR = (student - weak) / (ceiling - weak). Toxicity is lower-is-better, so when the student and the "
+        "ceiling improve on the weak model both differences are negative and the signs cancel: PGR reads as for "
+        "accuracy (1 = as non-toxic as the ceiling, 0 = no better than weak, < 0 = more toxic than weak). It is n/a "
+        "where the ceiling is not clearly less toxic than the supervisor.", ""]
+    header_row = ["Model", "Supervisor"] + [TOXICITY_NAMES[k] for k in headline] + [f"PGR {TOXICITY_NAMES[k]}" for k in headline]
+    lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in names:
-        row = [name, SUPERVISORS.get(name, "")] + [_run_cell(results, name, k) for k in headline]
-        row += [_pgr_cell(results, name, k) for k in headline]
+        row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", "")]
+        row += [_run_cell(results, name, k) for k in headline] + [_pgr_cell(results, name, k) for k in headline]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"By prompt toxicity (a prompt is toxic at Perspective score >= {results['toxic_threshold']}):", ""]
     split = [(k + suffix, f"{TOXICITY_NAMES[k]} ({label})") for k in headline
              for suffix, label in PROMPT_SUBSETS.items() if suffix]
-    header = ["Model"] + [title for _, title in split]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header_row = ["Model"] + [title for _, title in split]
+    lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in names:
         lines.append("| " + " | ".join([name] + [_run_cell(results, name, k) for k, _ in split]) + " |")
     lines += [""] + [f"- skipped {s}" for s in results.get("skipped", [])]
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _diagnostics_table(results):
+    names = [n for n in results["table_rows"] if n in results["summary"].get("diagnostics", {})]
+    if not names:
+        return []
+    seeds = list(results["seeds"])
+    lines = ["", "Diagnostics (Burns et al. section 5; Charikar et al. 2024): agreement of each student with the labels "
+             "it was trained on, on test, overall and where that supervisor is wrong; misfit = the student's distance "
+             "from those labels on w2s_train (cross entropy, squared error of P(class 1)); gain = the supervisor's "
+             "test squared error minus the student's (and the accuracy difference).", "",
+             "| Student | " + " | ".join(DIAGNOSTICS.values()) + " |", "|" + "---|" * (len(DIAGNOSTICS) + 1)]
+    for name in names:
+        if len(seeds) == 1:
+            d = results["seeds"][seeds[0]]["diagnostics"][name]
+            cells = [_fmt(d[k]) for k in DIAGNOSTICS]
+        else:
+            s = results["summary"]["diagnostics"][name]
+            cells = [f"{_fmt(s[k]['mean'])} ± {_fmt(s[k]['std'])}" for k in DIAGNOSTICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_table(results):
     """Markdown table shaped like Ye et al.'s Table 1: one row per model, PGR (with its 95% CI for one seed, mean
-    +- std over seeds otherwise) for the students."""
+    +- std over seeds otherwise) for the students; then the students' diagnostics."""
     seeds = list(results["seeds"])
-    single = len(seeds) == 1
-    lines = [f"# Weak-to-strong results: {results['out_dir']}", ""]
     if not seeds:
-        return "\n".join(lines + ["No classification runs with test predictions, and no scored generation runs, found."] +
+        return "\n".join(header(results) + ["No finished runs to evaluate."] +
                          [f"- skipped {s}" for s in results.get("skipped", [])]) + "\n"
     if results.get("kind") == "generation":
         return format_generation_table(results)
     n_test = sorted({r["n_test"] for r in results["seeds"].values()})
-    how = (f"seed {seeds[0]}; PGR with 95% paired-bootstrap CI ({results['n_boot']} resamples)" if single else
+    how = (f"seed {seeds[0]}; PGR with 95% paired-bootstrap CI ({results['n_boot']} resamples)" if len(seeds) == 1 else
            f"mean ± std over seeds {', '.join(seeds)}")
-    lines += [f"{how}; test examples: {', '.join(map(str, n_test))}", ""]
-    header = ["Model", "Supervisor"] + list(TABLE_METRICS.values()) + [f"PGR {v}" for v in TABLE_METRICS.values()]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in TABLE_ROWS:
+    positive = results.get("description", {}).get("label_names", ["", "class 1"])[-1]
+    titles = {k: (f"F1 ({positive})" if k == "f1" else v) for k, v in TABLE_METRICS.items()}
+    lines = header(results) + [f"{how}; test examples: {', '.join(map(str, n_test))}. F1 is of the positive class "
+                               f"({positive}); weighted F1 averages both classes' F1 by support (Ye et al.).", "",
+                               "PGR is n/a where the ceiling is not clearly better than the supervisor (the 95% "
+                               "interval of their gap includes 0).", ""]
+    header_row = ["Model", "Supervisor"] + list(titles.values()) + [f"PGR {v}" for v in titles.values()]
+    lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
+    for name in results["table_rows"]:
         if name not in results["summary"]["runs"]:
             continue
-        row = [name, SUPERVISORS.get(name, "")]
-        for k in TABLE_METRICS:
-            if single:
-                row.append(_fmt(results["seeds"][seeds[0]]["runs"][name][k]))
-            else:
-                s = results["summary"]["runs"][name][k]
-                row.append(f"{_fmt(s['mean'])} ± {_fmt(s['std'])}")
-        for k in TABLE_METRICS:
-            if name not in results["summary"]["pgr"]:
-                row.append("")
-            elif single:
-                p = results["seeds"][seeds[0]]["pgr"][name][k]
-                row.append(f"{_fmt(p['pgr'], 2)} [{_fmt(p['lo'], 2)}, {_fmt(p['hi'], 2)}]")
-            else:
-                s = results["summary"]["pgr"][name][k]
-                row.append(f"{_fmt(s['mean'], 2)} ± {_fmt(s['std'], 2)}")
+        row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", "")]
+        row += [_run_cell(results, name, k) for k in TABLE_METRICS] + [_pgr_cell(results, name, k) for k in TABLE_METRICS]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _diagnostics_table(results)
     lines += [""] + [f"- skipped {s}" for s in results.get("skipped", [])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -630,11 +720,17 @@ def _or_nan(x):
     return np.nan if x is None else x
 
 
+def _save(fig, path):
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+
+
 def _plot(results, path):
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state (renders with Agg)
 
     seeds = list(results["seeds"])
-    names = [n for n in TABLE_ROWS if n in results["summary"]["runs"]]
+    names = [n for n in results["table_rows"] if n in results["summary"]["runs"]]
     generation = results.get("kind") == "generation"
     panels = ({k: f"{v} (lower is better)" for k, v in TOXICITY_NAMES.items() if k in results["metrics"]}
               if generation else TABLE_METRICS)
@@ -651,8 +747,8 @@ def _plot(results, path):
             heights = np.array([_or_nan(summary[n][k]["mean"]) for n in names])
             err = np.array([_or_nan(summary[n][k]["std"]) for n in names])
         err = np.clip(np.nan_to_num(err), 0, None)  # a percentile interval can miss the point by a hair
-        colors = ["tab:gray" if n == "weak" or n.startswith("ensemble") else
-                  "tab:green" if n == "ceiling" else "tab:blue" for n in names]
+        colors = ["tab:gray" if n.endswith("weak") or "ensemble" in n else
+                  "tab:green" if n.endswith("ceiling") else "tab:blue" for n in names]
         ax.bar(range(len(names)), heights, yerr=err, capsize=3, color=colors)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(title)
@@ -660,14 +756,32 @@ def _plot(results, path):
     scorer = f"  scorer {results['scorer']}" if generation else ""
     fig.suptitle(results["out_dir"] + scorer + ("  (95% bootstrap CI)" if len(seeds) == 1 else "  (mean ± std over seeds)"))
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    _save(fig, path)
+
+
+def _plot_misfit(results, path):
+    """Gain vs misfit over students and seeds (Charikar et al. 2024: gain >= misfit, the y = x line)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    points = [(name, d["misfit_sq"], d["gain_sq"]) for r in results["seeds"].values()
+              for name, d in r.get("diagnostics", {}).items()]
+    for name in dict.fromkeys(p[0] for p in points):
+        xs, ys = zip(*[(x, y) for n, x, y in points if n == name])
+        ax.scatter(xs, ys, label=name, s=25)
+    top = max([0.01] + [max(x, y) for _, x, y in points])
+    ax.plot([0, top], [0, top], color="black", lw=0.8, ls="--", label="gain = misfit")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_xlabel("misfit: student vs its supervisor's labels on w2s_train (squared error)")
+    ax.set_ylabel("gain: supervisor's test sq. error - student's")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def write_results(out_dir, results):
-    """OUT/results.json, OUT/results.md and, when matplotlib is importable, OUT/results.png; each written to a
-    temporary file first and renamed, so a reader never sees half a file."""
+    """OUT/results.json, OUT/results.md and, when matplotlib is importable, OUT/results.png (and results_misfit.png
+    for classification); each written to a temporary file first and renamed, so a reader never sees half a file."""
     out_dir = Path(out_dir)
     _write_atomic(out_dir / "results.json", (json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n").encode())
     _write_atomic(out_dir / "results.md", format_table(results).encode())
@@ -677,25 +791,48 @@ def write_results(out_dir, results):
         return
     if results["seeds"]:
         _plot(results, out_dir / "results.png")
+        if results["summary"].get("diagnostics"):
+            _plot_misfit(results, out_dir / "results_misfit.png")
+
+
+def score_experiment(out_dir, scorer_name):
+    """Score every finished generation run of an experiment that has no scores.json by this scorer yet."""
+    from data import load_task
+    exp = read_experiment(out_dir)
+    task = load_task(exp["experiment"]["task"], data_dir=exp.get("data_dir"), seed=exp["seeds"][0])
+    scorer = toxicity_scorer(scorer_name, task)
+    for s in exp["seeds"]:
+        for run in exp["runs"]:
+            stage = Path(out_dir) / f"seed{s}" / run["stage"]
+            if (stage / "metrics.json").is_file():
+                score_run(Path(out_dir) / f"seed{s}" / run["path"], scorer)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.new_parser(__doc__)
     parser.add_argument("out_dirs", nargs="+", help="run directories written by w2s.py")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     parser.add_argument("--json", action="store_true", help="print results.json instead of the table")
+    parser.add_argument("--scorer", choices=["offline", "perspective"], default=None,
+                        help="generation runs: first score the continuations not scored yet with this scorer")
     args = parser.parse_args(argv)
+    if args.n_boot < 1:
+        parser.error(f"argument --n-boot: must be at least 1 (got {args.n_boot})")
     for out_dir in map(Path, args.out_dirs):
+        if args.scorer:
+            score_experiment(out_dir, args.scorer)
         results = evaluate_experiment(out_dir, n_boot=args.n_boot, seed=args.seed)
         previous = out_dir / "results.json"
         if previous.is_file():  # keep the experiment config w2s.py recorded
-            config = json.loads(previous.read_text()).get("config")
+            config = cli.read_json(previous).get("config")
             if config is not None:
                 results["config"] = config
-        write_results(out_dir, results)
+        with rundir.locked(out_dir, "run"):
+            write_results(out_dir, results)
         print(json.dumps(results, indent=2) if args.json else format_table(results))
+        print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    cli.main_guard(main)

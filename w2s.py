@@ -1,145 +1,402 @@
 """
 A whole weak-to-strong experiment in one command, resumable, into one run directory.
 
-    python w2s.py                                   # the offline toy demo: no network, ~1 minute on a CPU
+    python w2s.py                                   # the offline toy demo: no network, a few minutes on a CPU
     python w2s.py --task safety --seeds 0 1 2       # Ye et al. Table 1 for safety (gpt2 -> gpt2-medium)
+    python w2s.py --task safety --data-dir ../shared/data --weak random:2x64 --strong random:4x128 --limit 400
     python w2s.py --task legal --data-dir ../shared/data --limit 200 --epochs 1
     python w2s.py --task toxicity                   # generation: gpt-1 -> gpt-2, continuations scored for toxicity
     python w2s.py --task burns                      # Burns et al.'s NLP tasks, one combined PGR table and plot
+    python w2s.py --task safety --print-commands    # the train.py command of every stage, in dependency order
+    python w2s.py --task safety --jobs 4            # independent stages in 4 worker processes (one GPU each)
 
-Stages for every seed (each one a train.py run; a finished stage with the same config is skipped on rerun):
+Stages for every seed (each one a train.py run; a finished stage is skipped on rerun):
     weak                 weak model on weak_train ground truth; its predictions on w2s_train are the weak labels
     ensemble/member0..K  bootstrap-resampled weak models, and their hard / soft votes (ensemble/hard, ensemble/soft)
     ceiling              strong model on w2s_train ground truth
-    student_naive        strong model on the weak labels
-    student_logconf      same, with Burns et al.'s auxiliary confidence loss
-    student_hard/_soft   strong model on the ensemble's hard / soft votes
+    student_<method>     strong model on weak labels, one per --students method (STUDENTS below; --students all):
+                         naive, logconf, entropy, product, window (losses), hard, soft, learned (the ensemble),
+                         selective (cross-fitted, with student_selective/fold0, fold1), genft (LM warm start first)
 Generation tasks (toxicity) run weak, ceiling and student_naive, and score each run's test continuations into
 <run>/scores.json (--scorer offline | perspective; default perspective when PERSPECTIVE_API_KEY is set, else offline).
-Any other train.py flag (--epochs, --batch-size, --lr, --limit, --max-length, ...) applies to every stage.
-Results: OUT/results.json, OUT/results.md, OUT/results.png.
+
+One experiment per directory: OUT/experiment.json records everything that changes the numbers; rerunning the same
+experiment resumes it (more --seeds are added to it), anything else is refused unless --overwrite. Results:
+OUT/results.json, OUT/results.md, OUT/results.png, covering every seed of the experiment.
 """
 import dataclasses
+import os
+import re
+import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import cli
 import eval as w2s_eval
-import hub
-import toxicity
+import rundir
 import train
-from data import load_task
+from cli import UserError
+from data import TASKS
 
-
+ROOT = Path(__file__).resolve().parent
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
+# student name -> (the run it is compared with for PGR, train.py settings of its own); losses.py and labels.py
+# hold the methods, train.py --help their flags
+STUDENTS = {
+    "naive": ("weak", {}),                           # cross entropy on the weak labels
+    "logconf": ("weak", {"loss": "logconf"}),        # Burns et al.'s auxiliary confidence loss
+    "entropy": ("weak", {"loss": "entropy"}),        # logconf without hardening (EleutherAI/w2s)
+    "product": ("weak", {"loss": "product"}),        # openai/weak-to-strong's product loss
+    "window": ("weak", {"loss": "window"}),          # EleutherAI/w2s's confidence window
+    "hard": ("ensemble/hard", {}),                   # the bootstrap ensemble's majority vote
+    "soft": ("ensemble/soft", {}),                   # its mean probabilities
+    "learned": ("ensemble/soft", {"learned": True}),  # its members mixed by learned weights (RAVEN); PGR against
+    #                                                  the uniform mix of the same members
+    "selective": ("weak", {"selective": True}),      # Selective W2SG, cross-fitted (labels.py)
+    "genft": ("weak", {}),                           # generative fine-tuning on w2s_train's texts first (Burns et al.)
+}
+ENSEMBLE_STUDENTS = ("hard", "soft", "learned")
+GENERATION_STUDENTS = ("naive",)  # the others are defined on class probabilities
+# train.py flags that w2s.py sets per stage; every other train.py flag applies to every stage as given
+PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "member", "ensemble", "loss", "learned",
+             "selective", "fold", "genft_epochs")
+# train.py flags that only some students read: other stages keep the defaults, so changing one reruns only those
+KNOBS = {"aux_coef": ("logconf", "entropy"), "aux_warmup": ("logconf", "entropy"), "aux_schedule": ("logconf", "entropy"),
+         "product_alpha": ("product",), "product_beta": ("product",), "window_radius": ("window",),
+         "member_lr": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
 
 
 @dataclass
 class W2SConfig:
-    task: str = "toy"
-    weak: str = ""              # weak model (name or dir); "" = the paper's default for the task
-    strong: str = ""            # strong model; "" = the paper's default for the task
+    task: Literal[tuple(TASKS) + ("burns",)] = "toy"  # task; burns = Burns et al.'s NLP tasks, one combined table
+    weak: str = ""              # weak model: Hub name, local dir, random:<shape> or toy-<size>; "" = the paper's
+    strong: str = ""            # strong model, likewise; "" = the paper's
     ensemble: int = 5           # bootstrap members for the hard / soft vote students; 0 or 1 = no ensemble
-    seeds: list[int] = field(default_factory=lambda: [0])
-    out: str = ""               # "" = runs/<task>
-    students: str = "naive,logconf,hard,soft"
+    seeds: list[int] = field(default_factory=lambda: [0])  # experiment seeds (splits, inits, batch order)
+    out: str = ""               # run directory; "" = runs/<task>
+    overwrite: bool = False     # delete the experiment already in --out (its stages and results) before starting
+    students: str = "naive,logconf,hard,soft"  # comma-separated students (see STUDENTS in w2s.py), or all
     n_boot: int = 1000          # bootstrap resamples for the PGR confidence intervals
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
-    scorer: str = ""            # generation tasks: toxicity scorer, offline | perspective; "" = toxicity.default_scorer()
+    scorer: Literal["", "offline", "perspective"] = ""  # toxicity scorer; "" = perspective with a key, else offline
+    jobs: int = 1               # stages run at once, each in its own worker process (one GPU each, round robin)
+    print_commands: bool = False  # print every stage's train.py command in dependency order, run nothing
+    genft_epochs: int = 1       # the genft student's language-model epochs on w2s_train's texts
 
 
-def stages(cfg, base, kind, seed_dir, weak_model, strong_model):
-    """The train.py configs of one seed, in order."""
-    seed_dir = Path(seed_dir)
-    students = [s for s in cfg.students.split(",") if s]
-    ensemble = cfg.ensemble if kind == "classification" else 1  # votes are for class probabilities
-    weak_labels = {"naive": "weak", "logconf": "weak", "hard": "ensemble/hard", "soft": "ensemble/soft"}
-    out = [dataclasses.replace(base, role="weak", model=weak_model, out=str(seed_dir / "weak"))]
+@dataclass
+class Stage:
+    path: str                   # the stage's directory, relative to OUT (e.g. seed0/student_naive)
+    cfg: train.TrainConfig
+    needs: list                 # paths of the stages whose outputs it reads
+    scored: bool = False        # a generation run whose test continuations get scores.json
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the experiment: its stages, and what eval.py compares
+
+def stages_of_seed(cfg, base, kind, seed, weak_model, strong_model):
+    """The stages of one seed in dependency order, the runs eval.py evaluates and the student comparisons
+    (runs and comparisons are named relative to the seed directory)."""
+    seed_dir = f"seed{seed}"
+    students = student_names(cfg, kind)
+    knobs = dataclasses.asdict(base)
+    base = dataclasses.replace(base, seed=seed, **{k: getattr(train.TrainConfig, k) for k in KNOBS})
+    ensemble = cfg.ensemble if kind == "classification" and set(ENSEMBLE_STUDENTS) & set(students) else 0
+    stages, runs, comparisons = [], [], []
+
+    def add(path, stage_cfg, needs=(), run=True, table=True):
+        stages.append(Stage(f"{seed_dir}/{path}", dataclasses.replace(stage_cfg, out=""), [f"{seed_dir}/{n}" for n in needs],
+                            scored=kind == "generation"))
+        if run:
+            runs.append({"name": path, "path": path, "stage": path, "table": table})
+
+    add("weak", dataclasses.replace(base, role="weak", model=weak_model))
     if ensemble > 1:
-        out.append(dataclasses.replace(base, role="weak", model=weak_model, ensemble=ensemble, out=str(seed_dir / "ensemble")))
-    out.append(dataclasses.replace(base, role="ceiling", model=strong_model, out=str(seed_dir / "ceiling")))
+        for k in range(ensemble):
+            add(f"ensemble/member{k}", dataclasses.replace(base, role="weak", model=weak_model, member=k), table=False)
+        add("ensemble", dataclasses.replace(base, role="weak", model=weak_model, ensemble=ensemble),
+            needs=[f"ensemble/member{k}" for k in range(ensemble)], run=False)
+        runs += [{"name": f"ensemble/{how}", "path": f"ensemble/{how}", "stage": "ensemble", "table": True}
+                 for how in ("hard", "soft")]
+    add("ceiling", dataclasses.replace(base, role="ceiling", model=strong_model))
     for s in students:
-        if s not in weak_labels:
-            raise SystemExit(f"unknown student {s!r}; choose from {list(weak_labels)}")
-        if kind == "generation" and s != "naive":
-            continue  # logconf and votes are defined for classification only
-        if s in ("hard", "soft") and ensemble <= 1:
+        supervisor, settings = STUDENTS[s]
+        settings = settings | {k: knobs[k] for k, users in KNOBS.items() if s in users}
+        settings |= {"genft_epochs": cfg.genft_epochs} if s == "genft" else {}
+        labels = f"{seed_dir}/ensemble" if s == "learned" else f"{seed_dir}/{supervisor}/predictions.json"
+        student = dataclasses.replace(base, role="student", model=strong_model, weak_labels=labels, **settings)
+        needs = ["ensemble" if supervisor.startswith("ensemble/") else supervisor]
+        if s == "selective":  # its cross-fitting folds are stages of their own
+            for k in (0, 1):
+                add(f"student_selective/fold{k}", dataclasses.replace(student, selective=False, fold=k), needs, run=False)
+            needs = [f"student_selective/fold{k}" for k in (0, 1)]
+        add(f"student_{s}", student, needs)
+        comparisons.append({"name": f"student_{s}", "supervisor": supervisor, "ceiling": "ceiling",
+                            "trained_on": supervisor, "method": s})
+    order = ["weak", "ensemble/hard", "ensemble/soft"] + [f"student_{s}" for s in students] + ["ceiling"]
+    runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else -1)
+    return stages, runs, comparisons
+
+
+def student_names(cfg, kind):
+    """The students of --students (all = every one) that apply: generation tasks have their own, and the
+    ensemble students need --ensemble > 1."""
+    names = list(STUDENTS) if cfg.students == "all" else [s for s in cfg.students.split(",") if s]
+    unknown = [s for s in names if s not in STUDENTS]
+    if unknown or not names:
+        raise UserError(f"argument --students: unknown {unknown or 'empty list'}; choose from all, {', '.join(STUDENTS)}")
+    if kind == "generation":
+        names = [s for s in names if s in GENERATION_STUDENTS]
+    elif cfg.ensemble <= 1:
+        names = [s for s in names if s not in ENSEMBLE_STUDENTS]
+    return names
+
+
+def describe(cfg, base, task, models):
+    """What results.md's header says the numbers come from."""
+    defaults = train.TrainConfig()
+    settings = {k: v for k, v in dataclasses.asdict(base).items()
+                if k not in PER_STAGE + train.NOT_COMPARED and v != getattr(defaults, k)}
+    return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
+            "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
+            "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students}}
+
+
+def experiment_record(cfg, base, task, scorer_name, models):
+    """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
+    settings = {k: v for k, v in train.comparable(base).items() if k not in PER_STAGE}
+    return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()},
+            "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
+            "train": settings, "students": student_names(cfg, task.kind),
+            "ensemble": cfg.ensemble if task.kind == "classification" else 0, "scorer": scorer_name}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running stages
+
+def stage_cfg(stage, out):
+    """The train.py config of a stage with its paths under OUT."""
+    cfg = dataclasses.replace(stage.cfg, out=str(out / stage.path))
+    if cfg.weak_labels:
+        cfg.weak_labels = str(out / cfg.weak_labels)
+    return cfg
+
+
+def command(stage, out, python="python"):
+    """The train.py command line that runs `stage` on its own (what --jobs runs and --print-commands prints)."""
+    cfg = stage_cfg(stage, out)
+    script = "train.py" if Path.cwd() == ROOT else str(ROOT / "train.py")
+    defaults = train.parse_args(["--task", cfg.task])  # the task's own defaults apply to train.py's flags
+    return [python, script, "--task", cfg.task] + cli.flags_of(cfg, defaults, skip=("task",))
+
+
+def marker(out, stage):
+    """What says a stage is done: its metrics.json's (size, mtime), or None."""
+    path = out / stage.path / "metrics.json"
+    return (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+
+
+def run_stages(stages, out, cfg, scorer):
+    """Every stage, each after its inputs. A stage that is (re)done makes every stage downstream of it rerun, so a
+    result never rests on inputs older than itself. With --jobs N, independent stages run as N worker processes."""
+    redone, done, running, queue = set(), set(), {}, list(stages)
+    n, started = len(stages), 0
+    threads = max(1, __import__("torch").get_num_threads() // cfg.jobs)
+    gpus = _visible_gpus() if cfg.jobs > 1 else []
+    while queue or running:
+        stage = next((s for s in queue if all(n_ in done for n_ in s.needs)), None)
+        if stage is not None and len(running) < cfg.jobs:
+            queue.remove(stage)
+            started += 1
+            stale = [n_ for n_ in stage.needs if n_ in redone]
+            if stale and marker(out, stage) is not None:
+                print(f"[{stage.path}] rerunning: its input {stale[0]} was redone", flush=True)
+                rundir.invalidate(out / stage.path)
+            before = marker(out, stage)
+            print(f"[{started}/{n}] {stage.path} ({stage.cfg.model})", flush=True)
+            if cfg.jobs == 1:
+                train.run(stage_cfg(stage, out))
+                finish_stage(stage, out, before, redone, done, scorer)
+            else:
+                running[stage.path] = (stage, before, _start_worker(stage, out, started, gpus, threads))
             continue
-        out.append(dataclasses.replace(
-            base, role="student", model=strong_model, loss="logconf" if s == "logconf" else "xent",
-            weak_labels=str(seed_dir / weak_labels[s] / "predictions.json"), out=str(seed_dir / f"student_{s}")))
-    return out
+        if not running:
+            raise RuntimeError(f"stages {[s.path for s in queue]} wait for inputs that are never run")
+        time.sleep(0.2)
+        for path, (stage, before, (proc, log)) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[path]
+            if proc.returncode != 0:
+                for _, _, (other, _) in running.values():
+                    other.terminate()
+                tail = Path(log).read_text(errors="replace").strip().splitlines()[-15:]
+                raise UserError(f"stage {path} failed (exit {proc.returncode}); its output ends with: " +
+                                " | ".join(tail) + f" (whole output: {log})")
+            finish_stage(stage, out, before, redone, done, scorer)
+
+
+def finish_stage(stage, out, before, redone, done, scorer):
+    if marker(out, stage) != before:
+        redone.add(stage.path)
+    done.add(stage.path)
+    if scorer is not None and stage.scored:  # test continuations -> <run>/scores.json, skipped when done
+        w2s_eval.score_run(out / stage.path, scorer)
+
+
+def _visible_gpus():
+    import torch
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _start_worker(stage, out, slot, gpus, threads):
+    """One stage as `python train.py ...` in its own process: pinned to one GPU (round robin) when there are GPUs,
+    else to its share of the CPU threads. Its output goes to a log file beside the run directory."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
+    log = out / (stage.path.replace("/", "_") + ".worker.log")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(command(stage, out, sys.executable) + ["--quiet"], stdout=f, stderr=subprocess.STDOUT,
+                                env=env)
+    return proc, log
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+
+def parse_args(argv=None):
+    parser = cli.new_parser(__doc__)
+    cli.add_config_flags(parser, W2SConfig, title="experiment")
+    cli.add_config_flags(parser, train.TrainConfig, skip=PER_STAGE,
+                         title="training (train.py flags, applied to every stage)")
+    task = parser.parse_known_args(argv)[0].task
+    parser.set_defaults(**train.task_defaults(task))  # flags given on the command line still win
+    args = vars(parser.parse_args(argv))
+    cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig)})
+    base = train.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
+    for flag, ok, why in [("ensemble", cfg.ensemble >= 0, "must be >= 0"), ("jobs", cfg.jobs >= 1, "must be at least 1"),
+                          ("n_boot", cfg.n_boot >= 1, "must be at least 1"),
+                          ("seeds", len(set(cfg.seeds)) == len(cfg.seeds) and min(cfg.seeds) >= 0,
+                           "must be distinct and >= 0")]:
+        if not ok:
+            raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
+    train.check_config(base)
+    return cfg, base
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = train.config_parser(W2SConfig, __doc__)
-    cfg_args, rest = parser.parse_known_args(argv)
-    cfg = W2SConfig(**vars(cfg_args))
-    base = train.parse_args(["--task", cfg.task] + rest)  # every other flag is a train.py flag for all stages
+    cfg, base = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(cfg.out or f"runs/{cfg.task}")
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.task == "burns":
-        return run_burns(cfg, argv, out)
+        return run_burns(cfg, base, out)
+    return run_experiment(cfg, base, out)
 
-    weak_model, strong_model = cfg.weak, cfg.strong
-    if cfg.task == "toy" and not (weak_model and strong_model):
-        from data import toy  # the toy demo's small GPTs are pretrained here once, then cached in the run dir
-        weak_model, strong_model = toy.pretrained_models(out / "pretrained", device=base.device)
-    task = load_task(cfg.task, data_dir=base.data_dir, seed=cfg.seeds[0], limit=base.limit)
+
+def default_models(task_name, kind):
+    """The task's own default pair (the toy demo's pretrained GPTs) or the paper's."""
+    own = getattr(__import__(TASKS[task_name], fromlist=["_"]), "DEFAULT_MODELS", None)
+    return own or {"weak": train.DEFAULT_MODELS[kind]["weak"], "strong": train.DEFAULT_MODELS[kind]["strong"]}
+
+
+def model_record(spec, data_dir, quiet):
+    source, _ = train.resolve_model(spec, data_dir, quiet)
+    return {"spec": spec, "identity": rundir.model_identity(source)}
+
+
+def run_experiment(cfg, base, out):
+    # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
+    task = train.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
     kind = task.kind
+    defaults = default_models(base.task, kind)
+    weak_model, strong_model = cfg.weak or defaults["weak"], cfg.strong or defaults["strong"]
+    models = {"weak": model_record(weak_model, base.data_dir, base.quiet),
+              "strong": model_record(strong_model, base.data_dir, base.quiet)}
     # made before any training, so a missing API key or scorer data stops the experiment at once
     scorer = w2s_eval.toxicity_scorer(cfg.scorer, task) if kind == "generation" else None
-    weak_model = weak_model or train.DEFAULT_MODELS[kind]["weak"]
-    strong_model = strong_model or train.DEFAULT_MODELS[kind]["strong"]
-
-    for seed in cfg.seeds:
-        for stage in stages(cfg, dataclasses.replace(base, seed=seed), kind, out / f"seed{seed}", weak_model, strong_model):
-            print(f"== seed {seed} stage {Path(stage.out).name} ({stage.model})", flush=True)
-            train.run(stage)
-            if scorer is not None:  # the scoring stage: test continuations -> <run>/scores.json, skipped when done
-                w2s_eval.score_run(stage.out, scorer)
-
-    results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
-    results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base),
-                         "weak_model": weak_model, "strong_model": strong_model}
-    w2s_eval.write_results(out, results)
+    experiment = experiment_record(cfg, base, task, scorer.name if scorer else None, models)
+    missing = [p for p in [out, *out.parents] if not p.exists()]
+    created = missing[-1] if missing else None  # the topmost directory this run makes: removed if it fails to start
+    with rundir.locked(out, "w2s.py run"):
+        started = False
+        try:
+            seeds = sorted(set(rundir.check_experiment(out, experiment, cfg.overwrite)) | set(cfg.seeds))
+            rundir.remove_leftovers(out)
+            stages, listing = [], None
+            for seed in seeds:
+                seed_stages, runs, comparisons = stages_of_seed(cfg, base, kind, seed, weak_model, strong_model)
+                stages += seed_stages
+                listing = listing or (runs, comparisons)
+            rundir.write_experiment(out, {"format": 1, "experiment": experiment, "seeds": seeds, "kind": kind,
+                                          "data_dir": base.data_dir, "description": describe(cfg, base, task, models),
+                                          "runs": listing[0], "students": listing[1]})
+            if cfg.print_commands:
+                for stage in stages:
+                    print(" ".join(command(stage, out)))
+                print(" ".join(["python", "eval.py", str(out)] + (["--scorer", cfg.scorer or "offline"] if scorer else [])))
+                return None
+            if seeds != sorted(cfg.seeds):
+                print(f"this experiment's seeds: {', '.join(map(str, seeds))} (recorded earlier in {out} and asked now)",
+                      flush=True)
+            started = True
+            run_stages(stages, out, cfg, scorer)
+        except BaseException:
+            if not started and created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
+        results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base),
+                             "weak_model": weak_model, "strong_model": strong_model}
+        w2s_eval.write_results(out, results)
     print((out / "results.md").read_text())
+    print(f"results: {', '.join(str(p) for p in sorted(out.glob('results*')))}", flush=True)
     return results
 
 
-def run_burns(cfg, argv, out):
+def run_burns(cfg, base, out):
     """Every Burns et al. task as its own experiment in OUT/<task>, then one table and plot of PGR per task, naive
     vs logconf (like their Figure 3). A task whose data cannot be had is reported as not run, with the reason."""
     tasks = [t for t in cfg.burns_tasks.split(",") if t]
     unknown = [t for t in tasks if t not in BURNS_TASKS]
-    if unknown:
-        raise SystemExit(f"--burns-tasks: unknown {unknown}; choose from {list(BURNS_TASKS)}")
+    if unknown or not tasks:
+        raise UserError(f"argument --burns-tasks: unknown {unknown or 'empty list'}; choose from {', '.join(BURNS_TASKS)}")
     per_task, not_run = {}, {}
     for task in tasks:
         print(f"==== burns task {task}", flush=True)
         try:
-            per_task[task] = main(argv + ["--task", task, "--out", str(out / task)])
+            per_task[task] = run_experiment(dataclasses.replace(cfg, task=task, out=str(out / task)),
+                                            dataclasses.replace(base, task=task), out / task)
         except Exception as e:  # e.g. offline without local files: say why, go on with the other tasks
-            not_run[task] = f"{type(e).__name__}: {e}"
-            print(f"==== burns task {task} not run: {not_run[task]}", flush=True)
+            line = cli.error_line(e)
+            if line is None:
+                raise  # a bug keeps its traceback
+            not_run[task] = line
+            print(f"==== burns task {task} not run: {line}", flush=True)
     rows = []
     for task, res in per_task.items():
         summary = res["summary"]
         row = {"task": task, "weak": summary["runs"]["weak"]["accuracy"], "ceiling": summary["runs"]["ceiling"]["accuracy"]}
         for student in ("student_naive", "student_logconf"):
-            if student in summary["runs"]:
+            if student in summary["pgr"]:
                 row[student] = summary["runs"][student]["accuracy"]
                 row[student + "_pgr"] = summary["pgr"][student]["accuracy"]
-                if summary["n_seeds"] == 1:  # one seed: its bootstrap CI; several: mean +- std over seeds
-                    seed = next(iter(res["seeds"].values()))["pgr"][student]["accuracy"]
-                    row[student + "_pgr"] = dict(row[student + "_pgr"], lo=seed["lo"], hi=seed["hi"])
+                if summary["n_seeds"] == 1:  # one seed: its bootstrap CI (or why there is none)
+                    entry = next(iter(res["seeds"].values()))["pgr"][student]["accuracy"]
+                    row[student + "_pgr"] = dict(row[student + "_pgr"], lo=entry["lo"], hi=entry["hi"],
+                                                 text=w2s_eval.pgr_text(entry))
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
-    train.write_json(out / "results.json", combined)
-    (out / "results.md").write_text(burns_table(rows, not_run))
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(out / "results.json", w2s_eval._json_safe(combined))
+    w2s_eval._write_atomic(out / "results.md", burns_table(rows, not_run).encode())
     burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}", flush=True)
     return combined
 
 
@@ -147,12 +404,14 @@ def burns_table(rows, not_run):
     def cell(v):
         if v is None:
             return ""
+        if v.get("text"):
+            return v["text"]
         if v.get("mean") is None:
             return "n/a"
-        text = f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v.get("std") is not None else "")
-        return text + (f" [{v['lo']:.2f}, {v['hi']:.2f}]" if v.get("lo") is not None else "")
+        return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v.get("std") is not None else "")
     lines = ["# Burns et al. tasks: test accuracy and PGR (accuracy), naive vs auxiliary confidence loss", "",
-             "PGR = (student - weak) / (ceiling - weak); [95% paired-bootstrap CI] for one seed, ± std over seeds.", "",
+             "PGR = (student - weak) / (ceiling - weak); [95% paired-bootstrap CI] for one seed, ± std over seeds; "
+             "n/a where the ceiling is not clearly better than the weak model.", "",
              "| Task | Weak | Ceiling | Naive | PGR naive | Logconf | PGR logconf |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {cell(r['weak'])} | {cell(r['ceiling'])} | {cell(r.get('student_naive'))} | "
@@ -176,7 +435,8 @@ def burns_plot(rows, path):
         means = np.array([v["mean"] if v["mean"] is not None else np.nan for v in vals], dtype=float)
         lo = [m - v["lo"] if v.get("lo") is not None else (v.get("std") or 0) for m, v in zip(means, vals)]
         hi = [v["hi"] - m if v.get("hi") is not None else (v.get("std") or 0) for m, v in zip(means, vals)]
-        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=np.nan_to_num(np.array([lo, hi], dtype=float)), capsize=3, label=label)
+        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=np.clip(np.nan_to_num(np.array([lo, hi], dtype=float)), 0, None),
+               capsize=3, label=label)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, [r["task"] for r in rows])
     ax.set_ylabel("PGR (accuracy)")
@@ -188,7 +448,4 @@ def burns_plot(rows, path):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (hub.OfflineError, toxicity.PerspectiveError) as e:  # one sentence saying what to pass instead, no trace
-        raise SystemExit(f"error: {e}") from None
+    cli.main_guard(main)

@@ -47,17 +47,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def torchrun(args):
+    """train.py ARGS as 2 CPU processes (gloo), started in the background."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "train.py", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_ddp_two_processes_and_grad_accum_take_the_single_process_step(tiny_model, shared_data, tmp_path):
     ddp_out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "train.py", *ARGS, "--model", str(tiny_model),
-           "--data-dir", str(shared_data), "--out", str(ddp_out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
-    ddp = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ddp = torchrun([*ARGS, "--model", str(tiny_model), "--data-dir", str(shared_data), "--out", str(ddp_out)])
     # while the two ranks start up, the same step in this process: plain, accumulated, and no step at all (lr 0)
     single, single_probs = run_in_process(tmp_path / "single", tiny_model, shared_data)
     accum, accum_probs = run_in_process(tmp_path / "accum", tiny_model, shared_data, "--grad-accum", "2")
-    before, before_probs = run_in_process(tmp_path / "lr0", tiny_model, shared_data, "--lr", "0")
+    # (--lr must be > 0: a step of 1e-12 moves nothing measurable)
+    before, before_probs = run_in_process(tmp_path / "lr0", tiny_model, shared_data, "--lr", "1e-12")
     log, _ = ddp.communicate(timeout=120)
     assert ddp.returncode == 0, log[-3000:]
     dist, dist_probs = read(ddp_out)
@@ -82,3 +87,25 @@ def test_grad_accum_over_an_epoch_with_a_short_last_batch_equals_no_accumulation
     assert plain["steps"] == accum["steps"] == 8
     assert accum["best_val_loss"] == pytest.approx(plain["best_val_loss"], rel=1e-5, abs=1e-6)
     torch.testing.assert_close(accum_probs, plain_probs, rtol=0, atol=1e-5)
+
+
+def test_logconf_hardens_over_the_whole_batch_under_grad_accum_and_ddp(tiny_model, shared_data, tmp_path):
+    # a logconf student's hardening threshold is a quantile over its optimizer batch: split into micro-batches or
+    # over two ranks (4 + 4 rows), it must still be taken over all 8 rows, or the steps are not the one-piece steps
+    # (hardening per micro-batch moves these test probabilities by 0.1; measured)
+    weak = tmp_path / "weak"
+    run_in_process(weak, tiny_model, shared_data, "--role", "weak")
+    student = ["--role", "student", "--loss", "logconf", "--aux-coef", "0.75", "--aux-warmup", "0",
+               "--weak-labels", str(weak / "predictions.json"), "--batch-size", "8", "--max-steps", "4"]
+    ddp = torchrun([*ARGS, "--model", str(tiny_model), "--data-dir", str(shared_data), "--out", str(tmp_path / "ddp"),
+                    *student])
+    single, single_probs = run_in_process(tmp_path / "single", tiny_model, shared_data, *student)
+    accum, accum_probs = run_in_process(tmp_path / "accum", tiny_model, shared_data, *student, "--grad-accum", "2")
+    xent, xent_probs = run_in_process(tmp_path / "xent", tiny_model, shared_data, *student, "--loss", "xent")
+    log, _ = ddp.communicate(timeout=120)
+    assert ddp.returncode == 0, log[-3000:]
+    dist, dist_probs = read(tmp_path / "ddp")
+    assert (single_probs - xent_probs).abs().max() > 1e-3  # the confidence term changes this step
+    torch.testing.assert_close(accum_probs, single_probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(dist_probs, single_probs, rtol=0, atol=1e-5)
+    assert accum["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-5, abs=1e-6)

@@ -5,6 +5,7 @@ import pytest
 
 import train
 import w2s
+from cli import UserError
 from helpers import kill_w2s_after, without_paths
 
 
@@ -52,19 +53,19 @@ def test_train_rerun_with_same_config_is_skipped_and_changed_config_reruns(share
 def test_student_refuses_weak_labels_for_other_examples(shared_data, models, tmp_path):
     common = ["--task", "safety", "--data-dir", str(shared_data), "--max-length", "32", "--epochs", "1", "--batch-size", "8"]
     train.run(train.parse_args(common + ["--limit", "16", "--role", "weak", "--model", models[0], "--out", str(tmp_path / "weak")]))
-    with pytest.raises(SystemExit, match="other examples"):
+    with pytest.raises(UserError, match="other examples"):
         train.run(train.parse_args(common + ["--limit", "20", "--role", "student", "--model", models[1],
                                              "--out", str(tmp_path / "student")]))
-    with pytest.raises(SystemExit, match="weak labels not found"):
+    with pytest.raises(UserError, match="weak labels not found"):
         train.run(train.parse_args(common + ["--limit", "16", "--role", "student", "--model", models[1],
                                              "--out", str(tmp_path / "elsewhere" / "student")]))
 
 
-def test_student_vote_trains_on_that_vote_of_the_ensemble(shared_data, models, tmp_path):
+def test_student_vote_trains_on_that_vote_of_the_ensemble(shared_data, models, tmp_path, capsys):
     common = ["--task", "safety", "--data-dir", str(shared_data), "--limit", "16", "--max-length", "32",
               "--epochs", "1", "--batch-size", "8", "--lr", "1e-3"]
     student = common + ["--role", "student", "--model", models[1]]
-    with pytest.raises(SystemExit, match=r"weak labels not found: .*ensemble/hard/predictions.json"):
+    with pytest.raises(UserError, match=r"weak labels not found: .*ensemble/hard/predictions.json"):
         train.run(train.parse_args(student + ["--vote", "hard", "--out", str(tmp_path / "student_hard")]))
     train.run(train.parse_args(common + ["--role", "weak", "--ensemble", "2", "--model", models[0],
                                          "--out", str(tmp_path / "ensemble")]))
@@ -75,8 +76,9 @@ def test_student_vote_trains_on_that_vote_of_the_ensemble(shared_data, models, t
         test_probs[name] = json.loads((tmp_path / f"student_{name}" / "predictions.json").read_text())["test"]["probs"]
     assert test_probs["hard"] == test_probs["explicit"]  # --vote hard reads ensemble/hard beside the run
     assert test_probs["hard"] != test_probs["soft"]  # hard (one-hot) and soft (mean) votes are different targets
-    with pytest.raises(SystemExit, match="--vote must be hard or soft"):
-        train.run(train.parse_args(student + ["--vote", "medium", "--out", str(tmp_path / "student_medium")]))
+    with pytest.raises(SystemExit):  # argparse: invalid choice, with the choices listed
+        train.parse_args(student + ["--vote", "medium", "--out", str(tmp_path / "student_medium")])
+    assert "invalid choice: 'medium' (choose from '', 'hard', 'soft')" in capsys.readouterr().err
 
 
 @pytest.mark.slow

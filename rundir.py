@@ -1,0 +1,246 @@
+"""
+Run directories whose numbers can be trusted: one experiment per directory, content-checked stages, one run at a time.
+
+    OUT/experiment.json   what the experiment is (everything that changes its numbers), its seeds, and the runs and
+                          student comparisons eval.py evaluates; a rerun with another experiment is refused
+    OUT/.lock             an OS lock held by the run using OUT (released when its process ends, even on kill -9)
+    <stage>/metrics.json  written last: the sha256 of every file the stage wrote ("outputs") and of everything it was
+                          trained on ("inputs": model, data, supervisor labels). A stage is finished only when both
+                          still match; a tampered or truncated file makes it, and every stage downstream, rerun.
+
+Paths are recorded relative to the run directory, so a copied or moved run resumes with nothing retrained.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from cli import UserError, read_json
+
+EXPERIMENT = "experiment.json"
+# temporary names of atomic writes (x.json.tmp, x.tmp1234, x.tmp.png): only ever left behind by a killed run
+LEFTOVER = re.compile(r".*\.tmp\d*(\.[A-Za-z0-9]+)?")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hashing
+
+_digests = {}  # (path, size, mtime) -> sha256: a model's weights are hashed once per process
+
+
+def sha256_file(path):
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def sha256_json(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def model_identity(spec):
+    """What a model is, independent of where it lies: a Hub name by repository and commit, a local directory by the
+    sha256 of its files (weights, config, tokenizer), a random-init shape by its spec."""
+    spec = str(spec)
+    if spec.startswith("random:"):
+        return {"random": spec}
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".txt", ".bpe"))
+        return {"sha256": sha256_json({p.name: sha256_file(p) for p in files})}
+    import model  # a Hub name: the snapshot directory the files resolve to is named after the commit
+    config_file, _ = model._checkpoint_files(spec, None)
+    return {"hub": model.hub_repo(spec), "revision": Path(config_file).parent.name}
+
+
+def data_identity(summary):
+    """What data a stage saw, from Task.summary(): source files by content, each split by its example ids."""
+    return {"task": summary["task"], "files": sorted(f["sha256"] for f in summary["files"]),
+            "splits": {name: s["ids_sha256"] for name, s in summary["splits"].items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stages
+
+def relative(path, start):
+    """`path` relative to `start` when it lies inside the run directory tree, so the record survives a move."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(start).resolve())
+    except ValueError:
+        return str(path)
+
+
+def outputs_of(out, names):
+    """{relative path: sha256} of the files a stage wrote; a directory stands for every file under it."""
+    out, digests = Path(out), {}
+    for name in names:
+        path = out / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            digests[str(f.relative_to(out))] = sha256_file(f)
+    return digests
+
+
+def stage_status(out, config, inputs):
+    """(finished?, why not) for the stage in `out`: metrics.json exists, its config equals `config`, every output
+    still has its recorded sha256, and it was trained on exactly `inputs`. `why` is None for a stage never run."""
+    out = Path(out)
+    if not (out / "metrics.json").is_file():
+        return False, None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        saved = json.loads((out / "config.json").read_text())["comparable"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, "its metrics.json or config.json is unreadable"
+    if saved != config:
+        return False, "its settings changed: " + diff(saved, config)
+    for name, digest in metrics.get("outputs", {}).items():
+        path = out / name
+        if not path.is_file():
+            return False, f"{name} is missing"
+        if sha256_file(path) != digest:
+            return False, f"{name} was modified or truncated after the stage finished (sha256 differs)"
+    if not metrics.get("outputs"):
+        return False, "its metrics.json records no outputs (written by an older w2s)"
+    if metrics.get("inputs") != inputs:
+        return False, "what it was trained on changed: " + diff(metrics.get("inputs") or {}, inputs)
+    return True, None
+
+
+def verified(stage_dir, name):
+    """Path of output `name` of a finished stage, after checking it against the sha256 the stage recorded."""
+    stage_dir = Path(stage_dir)
+    metrics = read_json(stage_dir / "metrics.json")
+    digest = metrics.get("outputs", {}).get(name)
+    path = stage_dir / name
+    if digest is None:
+        raise UserError(f"{path} is not an output recorded in {stage_dir / 'metrics.json'}")
+    if not path.is_file() or sha256_file(path) != digest:
+        raise UserError(f"{path} does not match the sha256 its stage recorded (modified or truncated after training): "
+                        "rerun w2s.py to redo that stage")
+    return path
+
+
+def invalidate(out):
+    """Make a stage unfinished before it is (re)run, so a killed rerun never passes for the old result."""
+    (Path(out) / "metrics.json").unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# experiments
+
+def flatten(d, prefix=""):
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            flat |= flatten(v, f"{prefix}{k}.")
+        else:
+            flat[prefix + k] = v
+    return flat
+
+
+def _short(v):
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def diff(old, new):
+    """'key old -> new' for every key that differs between two nested dicts."""
+    a, b = flatten(old), flatten(new)
+    keys = [k for k in dict.fromkeys(list(a) + list(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    return ", ".join(f"{k} {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}" for k in keys)
+
+
+def owned(out):
+    """What a w2s run puts in OUT (everything --overwrite may delete)."""
+    out = Path(out)
+    return [p for p in out.iterdir() if re.fullmatch(r"seed\d+", p.name) and p.is_dir()
+            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png") or p.name.startswith("results_")]
+
+
+def check_experiment(out, experiment, overwrite):
+    """The seeds already recorded for this same experiment in OUT ([] when new). Another experiment in OUT is
+    refused, naming every key that differs, unless `overwrite`, which deletes its stages and results first."""
+    out = Path(out)
+    path = out / EXPERIMENT
+    if path.is_file():
+        old = read_json(path)
+        if old.get("experiment") == experiment:
+            return list(old.get("seeds", []))
+        why = "holds another experiment: " + diff(old.get("experiment") or {}, experiment)
+    elif out.is_dir() and owned(out):
+        why = "holds runs without an experiment.json (written by an older w2s)"
+    else:
+        return []
+    if not overwrite:
+        raise UserError(f"{out} {why}. Use --out DIR for a new experiment, or --overwrite to delete this one first.")
+    print(f"--overwrite: deleting the experiment in {out} ({why})", flush=True)
+    for p in owned(out):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return []
+
+
+def write_experiment(out, record):
+    write_json(Path(out) / EXPERIMENT, record)
+
+
+def write_json(path, obj):
+    """Strict JSON (NaN or Infinity is a bug here, never a result), written atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one run per directory
+
+@contextmanager
+def locked(directory, what="run"):
+    """Hold an OS lock on directory/.lock for the block; a second run on the same directory stops at once, naming the
+    holder's pid. The kernel drops the lock when the process dies, so a killed run never leaves it stuck."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    f = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError(f"{directory} is in use by another {what} (pid {pid}): wait for it to finish, or use --out DIR")
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def remove_leftovers(directory):
+    """Delete the temporary files and directories of killed runs (only names our atomic writes use)."""
+    removed = []
+    for root, dirs, files in os.walk(directory):
+        for name in list(dirs) + files:
+            if LEFTOVER.fullmatch(name):
+                path = Path(root) / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+                if name in dirs:
+                    dirs.remove(name)
+    if removed:
+        print(f"removed {len(removed)} leftover temporary file(s) of a killed run, e.g. {removed[0]}", flush=True)
+    return removed
