@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 import hub
 from cli import UserError
+from decode import decode, sample
 
 
 class CheckpointError(UserError, ValueError):
@@ -191,43 +192,16 @@ class GPT(nn.Module):
     def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None, top_p=None,
                  eos_token=None, generator=None):
         """Continue left-padded prompts; returns prompt + new tokens (B, T + max_new_tokens). Rows that emitted
-        eos_token keep emitting it; when all rows are done the rest is filled with eos_token."""
-        B, T = idx.shape
-        if T + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds block_size {self.config.block_size}")
-        mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(torch.long)
-        if not mask[:, -1].all():
-            raise ValueError("generate expects left-padded prompts: attention_mask[:, -1] must be 1 for every row")
-        out, new, cache = idx, idx, []
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        for step in range(max_new_tokens):
-            h, cache = self._run(new, mask, cache)
-            logits = self.lm_head(h[:, -1]).float()
-            new = self._next_token(logits, temperature, top_k, top_p, generator)
-            if eos_token is not None:
-                new = torch.where(done, eos_token, new)
-                done = done | (new == eos_token)
-            out = torch.cat([out, new[:, None]], dim=1)
-            new, mask = new[:, None], torch.cat([mask, torch.ones_like(new[:, None])], dim=1)
-            if eos_token is not None and done.all():
-                return F.pad(out, (0, max_new_tokens - step - 1), value=eos_token)
-        return out
+        eos_token keep emitting it; when all rows are done the rest is filled with eos_token. Temperature 0 is greedy.
+        The one-model case of decode.py's loop, where the rules for several models (votes, contrastive) are too."""
+        return decode([self], idx, attention_mask, sample(temperature, top_k, top_p, generator), max_new_tokens,
+                      eos_token)
 
-    @staticmethod
-    def _next_token(logits, temperature, top_k, top_p, generator):
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = logits / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None and top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            probs = F.softmax(sorted_logits, dim=-1)
-            drop = probs.cumsum(-1) - probs > top_p  # drop a token once the more likely ones already cover top_p
-            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-        probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    def next_token_logits(self, idx, attention_mask, cache):
+        """One decoding step, what decode.py needs of a model: float32 logits (B, vocab_size) of the token after each
+        row, and the grown KV cache (start with []; after that `idx` holds only the new tokens, as in _run)."""
+        h, cache = self._run(idx, attention_mask, cache)
+        return self.lm_head(h[:, -1]).float(), cache
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints in the Hugging Face layout
