@@ -27,3 +27,25 @@ def without_paths(results):
     results.pop("config", None)
     results.pop("out_dir", None)
     return results
+
+
+def write_stage(stage_dir, files):
+    """A finished stage as train.py leaves it: `files` {relative path: JSON-able content}, then metrics.json naming
+    each file with its sha256 (what eval.py checks before reading)."""
+    import rundir
+    stage_dir = Path(stage_dir)
+    for name, content in files.items():
+        (stage_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (stage_dir / name).write_text(json.dumps(content))
+    (stage_dir / "metrics.json").write_text(json.dumps({"outputs": rundir.outputs_of(stage_dir, list(files))}))
+
+
+def write_experiment_json(out, seeds, runs, students, kind="classification", description=None):
+    """OUT/experiment.json listing `runs` (names = paths = stages, relative to each seed dir) and `students`
+    ({name: (supervisor, ceiling)}), as w2s.py writes it."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    record = {"format": 1, "experiment": {}, "seeds": list(seeds), "kind": kind, "description": description or {},
+              "runs": [{"name": r, "path": r, "stage": r, "table": True} for r in runs],
+              "students": [{"name": s, "supervisor": sup, "ceiling": ceil, "trained_on": sup, "method": s}
+                           for s, (sup, ceil) in students.items()]}
+    (Path(out) / "experiment.json").write_text(json.dumps(record))

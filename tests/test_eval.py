@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import eval as w2s_eval
+from cli import UserError
 from eval import evaluate_experiment, mean_std, metrics, pgr, pgr_ci, write_results
+from helpers import write_experiment_json, write_stage
 
 # 10 examples, confusion matrix TP=3 FN=1 FP=2 TN=4 at threshold 0.5, with tied scores across the classes
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -81,9 +83,9 @@ def pgr_problem(n, seed=0):
 def test_pgr_ci_contains_point_narrows_with_more_examples_and_is_deterministic():
     small = pgr_ci(*pgr_problem(200), "accuracy", n_boot=300)
     large = pgr_ci(*pgr_problem(2000), "accuracy", n_boot=300)
-    for point, lo, hi in (small, large):
-        assert lo < point < hi
-    assert (large[2] - large[1]) < 0.6 * (small[2] - small[1])  # ~1/sqrt(10) expected
+    for entry in (small, large):
+        assert entry["lo"] < entry["pgr"] < entry["hi"] and entry["gap_lo"] > 0
+    assert (large["hi"] - large["lo"]) < 0.6 * (small["hi"] - small["lo"])  # ~1/sqrt(10) expected
     assert pgr_ci(*pgr_problem(200), "accuracy", n_boot=300) == small
     assert pgr_ci(*pgr_problem(200), "accuracy", n_boot=300, seed=1) != small
 
@@ -92,41 +94,72 @@ def test_pgr_ci_resamples_weak_student_and_ceiling_together():
     # a student identical to the ceiling recovers the whole gap in every paired resample: a zero-width interval
     # (resampling the three independently would spread it widely)
     y, weak, _, ceiling = pgr_problem(300)
-    assert pgr_ci(y, weak, ceiling, ceiling, "f1", n_boot=200) == (1.0, 1.0, 1.0)
+    entry = pgr_ci(y, weak, ceiling, ceiling, "f1", n_boot=200)
+    assert (entry["pgr"], entry["lo"], entry["hi"]) == (1.0, 1.0, 1.0)
 
 
 def test_pgr_ci_point_is_pgr_of_the_test_set_metrics():
     y, weak, student, ceiling = pgr_problem(300)
-    point, _, _ = pgr_ci(y, weak, student, ceiling, "auroc", n_boot=50)
+    entry = pgr_ci(y, weak, student, ceiling, "auroc", n_boot=50)
     expected = pgr(metrics(y, weak)["auroc"], metrics(y, student)["auroc"], metrics(y, ceiling)["auroc"])
-    assert point == pytest.approx(expected)
+    assert entry["pgr"] == pytest.approx(expected)
+    assert entry["gap"] == pytest.approx(metrics(y, ceiling)["auroc"] - metrics(y, weak)["auroc"])
 
 
-def test_pgr_ci_with_ceiling_equal_to_weak_raises():
+def test_pgr_is_na_with_the_gap_when_the_ceiling_is_not_clearly_better_than_the_supervisor():
     y, weak, student, _ = pgr_problem(100)
-    with pytest.raises(ValueError, match="no performance gap to recover"):
-        pgr_ci(y, weak, student, weak, "accuracy", n_boot=50)
-
-
-def test_pgr_ci_gives_nan_interval_when_too_many_resamples_are_degenerate():
-    # weak and ceiling differ on one example of 50: about (49/50)^50 = 36% of resamples miss it, and have no PGR
+    same = pgr_ci(y, weak, student, weak, "accuracy", n_boot=50)  # ceiling == supervisor: gap exactly 0
+    assert same["pgr"] is None and same["reason"] == "ceiling no better than supervisor" and same["gap"] == 0
+    # ceiling and weak differ on one example of 50: a real gap of 0.02 whose interval includes 0 (a third of the
+    # resamples miss that example); the ratio would be 1.0 [nan, nan] or worse, and is reported as n/a instead
     y = np.ones(50, dtype=int)
     weak = np.full(50, 0.9)
     ceiling = weak.copy()
     weak[0] = 0.1
-    student = np.full(50, 0.9)
-    with pytest.warns(UserWarning, match=r"bootstrap resamples have ceiling == weak.*reported as nan"):
-        point, lo, hi = pgr_ci(y, weak, student, ceiling, "accuracy", n_boot=200)
-    assert point == pytest.approx(1.0) and math.isnan(lo) and math.isnan(hi)
+    entry = pgr_ci(y, weak, np.full(50, 0.9), ceiling, "accuracy", n_boot=200)
+    assert entry["pgr"] is None and entry["reason"] == "ceiling ≈ supervisor"
+    assert entry["gap"] == pytest.approx(0.02) and entry["gap_lo"] == 0 and entry["gap_hi"] > 0
+    assert w2s_eval.pgr_text(entry) == f"n/a (ceiling ≈ supervisor; gap +0.020 [+0.000, {entry['gap_hi']:+.3f}])"
+    worse = pgr_ci(y, ceiling, np.full(50, 0.9), weak, "accuracy", n_boot=200)  # a ceiling worse than its supervisor
+    assert worse["pgr"] is None and worse["reason"] == "ceiling no better than supervisor"
+
+
+def test_pgr_interval_always_contains_its_point_and_counts_resamples_whose_gap_flips():
+    # a small clear gap with a heavy-tailed ratio: percentile intervals of a ratio can miss its point estimate
+    rng = np.random.default_rng(3)
+    n_boot = 2000
+    weak = rng.normal(0.60, 0.01, n_boot)
+    ceiling, student = weak + rng.normal(0.06, 0.02, n_boot), weak + rng.normal(0.01, 0.02, n_boot)
+    ceiling[:20] = weak[:20] - 0.01  # 1% of the resamples flip the gap's sign: kept and counted
+    entry = w2s_eval.pgr_with_interval(0.60, 0.61, 0.66, weak, student, ceiling)
+    assert entry["gap_lo"] > 0 and entry["lo"] <= entry["pgr"] <= entry["hi"]
+    assert entry["n_flipped"] >= 20 and entry["n_zero_gap"] == 0
+    point_outside = w2s_eval.pgr_with_interval(0.60, 0.90, 0.70, weak, weak + 0.001, weak + 0.10)
+    assert point_outside["pgr"] == pytest.approx(3.0) and point_outside["hi"] == pytest.approx(3.0)
+
+
+def test_diagnostics_equal_direct_computation_on_a_hand_made_example():
+    y = np.array([1, 1, 0, 0, 1])
+    supervisor = np.array([0.9, 0.2, 0.3, 0.8, 0.4])  # predicts 1 0 0 1 0: wrong on rows 1, 3, 4
+    student = np.array([0.8, 0.7, 0.4, 0.7, 0.9])     # predicts 1 1 0 1 1: right on rows 0, 1, 2, 4
+    train_sup, train_student = np.array([0.9, 0.1, 0.5]), np.array([0.7, 0.2, 0.5])
+    d = w2s_eval.diagnostics(y, student, supervisor, train_student, train_sup)
+    assert d["agreement"] == pytest.approx(3 / 5)  # rows 0, 2, 3
+    assert d["agreement_on_supervisor_errors"] == pytest.approx(1 / 3)  # of rows 1, 3, 4: row 3
+    assert d["misfit_sq"] == pytest.approx(((0.2 ** 2) + (0.1 ** 2) + 0) / 3)
+    xent = -np.mean([0.9 * np.log(0.7) + 0.1 * np.log(0.3), 0.1 * np.log(0.2) + 0.9 * np.log(0.8), np.log(0.5)])
+    assert d["misfit_xent"] == pytest.approx(xent)
+    sq = lambda p: np.mean((p - y) ** 2)  # noqa: E731
+    assert d["gain_sq"] == pytest.approx(sq(supervisor) - sq(student))
+    assert d["gain_accuracy"] == pytest.approx(4 / 5 - 2 / 5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # a whole experiment directory
 
 def write_predictions(path, ids, labels, probs):
-    path.mkdir(parents=True, exist_ok=True)
     test = {"ids": list(ids), "labels": [int(v) for v in labels], "probs": np.asarray(probs).tolist()}
-    (path / "predictions.json").write_text(json.dumps({"test": test, "val": test}))
+    write_stage(path, {"predictions.json": {"test": test, "val": test}})
 
 
 def probs_with_n_right(y, n_right):
@@ -136,65 +169,69 @@ def probs_with_n_right(y, n_right):
     return np.stack([1 - p1, p1], axis=1)
 
 
-N_RIGHT = {  # per seed, out of 20 test examples
-    0: {"weak": 12, "ensemble/member0": 11, "ensemble/member1": 12, "ensemble/hard": 14, "ensemble/soft": 13,
-        "ceiling": 20, "student_naive": 16, "student_hard": 17, "student_soft": 16},
-    1: {"weak": 10, "ensemble/member0": 10, "ensemble/member1": 11, "ensemble/hard": 12, "ensemble/soft": 12,
-        "ceiling": 18, "student_naive": 12, "student_hard": 15, "student_soft": 15},
+N_RIGHT = {  # per seed, out of 40 test examples
+    0: {"weak": 24, "ensemble/member0": 22, "ensemble/member1": 24, "ensemble/hard": 28, "ensemble/soft": 26,
+        "ceiling": 40, "student_naive": 32, "student_hard": 34, "student_soft": 32},
+    1: {"weak": 20, "ensemble/member0": 20, "ensemble/member1": 22, "ensemble/hard": 24, "ensemble/soft": 24,
+        "ceiling": 36, "student_naive": 24, "student_hard": 30, "student_soft": 30},
 }
+STUDENTS = {"student_naive": ("weak", "ceiling"), "student_logconf": ("weak", "ceiling"),
+            "student_hard": ("ensemble/hard", "ceiling"), "student_soft": ("ensemble/soft", "ceiling")}
+RUNS = ["weak", "ensemble/member0", "ensemble/member1", "ensemble/hard", "ensemble/soft", "student_naive",
+        "student_logconf", "student_hard", "student_soft", "ceiling"]
 
 
-def write_experiment(out):
-    y = np.array([1, 0] * 10)
-    ids = [f"ex{i}" for i in range(20)]
-    for seed, runs in N_RIGHT.items():
-        for name, n_right in runs.items():
+def write_experiment(out, seeds=(0, 1)):
+    y = np.array([1, 0] * 20)
+    ids = [f"ex{i}" for i in range(40)]
+    for seed in seeds:
+        for name, n_right in N_RIGHT[seed].items():
             probs = probs_with_n_right(y, n_right)
-            order = np.arange(20)[::-1] if name == "student_naive" else np.arange(20)  # ids aligned by id, not row
+            order = np.arange(40)[::-1] if name == "student_naive" else np.arange(40)  # ids aligned by id, not row
             write_predictions(out / f"seed{seed}" / name, [ids[i] for i in order], y[order], probs[order])
+    write_experiment_json(out, seeds, RUNS, STUDENTS, description={"label_names": ["no", "yes"]})
 
 
 def test_evaluate_experiment_and_write_results_on_a_synthetic_run_directory(tmp_path):
     write_experiment(tmp_path)
     results = evaluate_experiment(tmp_path, n_boot=200)
     seed0 = results["seeds"]["0"]
-    assert seed0["n_test"] == 20
+    assert seed0["n_test"] == 40
     assert set(seed0["runs"]) == set(N_RIGHT[0])
-    assert seed0["runs"]["weak"]["accuracy"] == pytest.approx(12 / 20)
-    assert seed0["runs"]["student_naive"]["accuracy"] == pytest.approx(16 / 20)
-    # each student against its own supervisor; student_logconf has no run and is skipped
+    assert seed0["runs"]["weak"]["accuracy"] == pytest.approx(24 / 40)
+    assert seed0["runs"]["student_naive"]["accuracy"] == pytest.approx(32 / 40)
+    # each student against its own supervisor; student_logconf has no run and is noted as not finished
     assert set(seed0["pgr"]) == {"student_naive", "student_hard", "student_soft"}
     naive = seed0["pgr"]["student_naive"]
     assert naive["supervisor"] == "weak"
-    assert naive["accuracy"]["pgr"] == pytest.approx((16 - 12) / (20 - 12))
+    assert naive["accuracy"]["pgr"] == pytest.approx((32 - 24) / (40 - 24))
     assert naive["accuracy"]["lo"] <= naive["accuracy"]["pgr"] <= naive["accuracy"]["hi"]
-    assert seed0["pgr"]["student_hard"]["accuracy"]["pgr"] == pytest.approx((17 - 14) / (20 - 14))
+    assert seed0["pgr"]["student_hard"]["accuracy"]["pgr"] == pytest.approx((34 - 28) / (40 - 28))
     assert seed0["pgr"]["student_soft"]["supervisor"] == "ensemble/soft"
-    assert seed0["pgr"]["student_soft"]["accuracy"]["pgr"] == pytest.approx((16 - 13) / (20 - 13))
-    # across seeds: seed 1 naive PGR = (12 - 10) / (18 - 10)
+    assert seed0["pgr"]["student_soft"]["accuracy"]["pgr"] == pytest.approx((32 - 26) / (40 - 26))
+    # across seeds: seed 1 naive PGR = (24 - 20) / (36 - 20)
     summary = results["summary"]["pgr"]["student_naive"]["accuracy"]
     assert summary["mean"] == pytest.approx((0.5 + 0.25) / 2)
     assert summary["std"] == pytest.approx(np.std([0.5, 0.25], ddof=1))
-    assert summary["n_seeds"] == 2
+    assert summary["n_seeds"] == 2 and summary["n_na"] == 0
     assert results["summary"]["runs"]["ceiling"]["accuracy"]["mean"] == pytest.approx((1.0 + 0.9) / 2)
-    assert results["skipped"] == []
+    assert results["skipped"] == ["seed0/student_logconf: its stage has not finished (rerun w2s.py to finish it)",
+                                  "seed1/student_logconf: its stage has not finished (rerun w2s.py to finish it)"]
 
     write_results(tmp_path, results)
     assert json.loads((tmp_path / "results.json").read_text()) == results  # strict JSON, nothing lost
     table = (tmp_path / "results.md").read_text()
     for row in ("| weak |", "| ensemble/hard |", "| ensemble/soft |", "| student_naive | weak |",
-                "| student_hard | ensemble/hard |", "| ceiling |"):
+                "| student_hard | ensemble/hard |", "| ceiling |", "F1 (yes)"):
         assert row in table
-    assert "student_logconf" not in table
+    assert "| student_logconf |" not in table
     assert "0.38 ± 0.18" in table  # student_naive accuracy PGR over the two seeds
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_single_seed_table_shows_pgr_with_its_interval(tmp_path, capsys):
-    write_experiment(tmp_path)
-    for d in (tmp_path / "seed1").rglob("predictions.json"):
-        d.unlink()
+    write_experiment(tmp_path, seeds=(0,))
     w2s_eval.main([str(tmp_path), "--n-boot", "100"])
     printed = capsys.readouterr().out
     p = json.loads((tmp_path / "results.json").read_text())["seeds"]["0"]["pgr"]["student_naive"]["accuracy"]
@@ -202,31 +239,58 @@ def test_single_seed_table_shows_pgr_with_its_interval(tmp_path, capsys):
     assert f"0.50 [{p['lo']:.2f}, {p['hi']:.2f}]" in printed
 
 
+def test_eval_reads_only_the_runs_experiment_json_lists(tmp_path):
+    write_experiment(tmp_path, seeds=(0,))
+    y = np.array([1, 0] * 20)
+    ids = [f"ex{i}" for i in range(40)]
+    write_predictions(tmp_path / "seed0" / "student_stray", ids, y, probs_with_n_right(y, 40))  # not listed
+    write_predictions(tmp_path / "seed7" / "weak", ids, y, probs_with_n_right(y, 40))  # a seed not listed
+    results = evaluate_experiment(tmp_path, n_boot=20)
+    assert list(results["seeds"]) == ["0"] and "student_stray" not in results["seeds"]["0"]["runs"]
+    (tmp_path / "experiment.json").unlink()
+    with pytest.raises(UserError, match="has no experiment.json: not a run directory written by w2s.py"):
+        evaluate_experiment(tmp_path)
+
+
+def test_eval_refuses_a_predictions_file_that_does_not_match_its_recorded_hash(tmp_path):
+    write_experiment(tmp_path, seeds=(0,))
+    path = tmp_path / "seed0" / "weak" / "predictions.json"
+    saved = json.loads(path.read_text())
+    saved["test"]["probs"][0] = saved["test"]["probs"][0][::-1]  # one swapped probability
+    path.write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"seed0/weak/predictions.json does not match the sha256 its stage recorded"):
+        evaluate_experiment(tmp_path, n_boot=10)
+    path.write_text(path.read_text()[:100])  # truncated
+    with pytest.raises(UserError, match="does not match the sha256"):
+        evaluate_experiment(tmp_path, n_boot=10)
+
+
 def test_evaluate_experiment_rejects_runs_on_different_test_examples(tmp_path):
     y = np.array([1, 0, 1, 0])
     write_predictions(tmp_path / "seed0" / "weak", ["a", "b", "c", "d"], y, probs_with_n_right(y, 2))
     write_predictions(tmp_path / "seed0" / "ceiling", ["a", "b", "c", "e"], y, probs_with_n_right(y, 4))
-    with pytest.raises(ValueError, match=r"ceiling/predictions.json and .*weak/predictions.json predict different "
-                                         r"test examples \(1 missing, 1 extra"):
+    write_experiment_json(tmp_path, [0], ["weak", "ceiling"], {})
+    with pytest.raises(UserError, match=r"ceiling/predictions.json and .*weak/predictions.json predict different "
+                                        r"test examples \(1 missing, 1 extra"):
         evaluate_experiment(tmp_path, n_boot=10)
 
 
-def test_evaluate_experiment_rejects_disagreeing_labels_and_empty_directories(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no seed<S>/ directories"):
-        evaluate_experiment(tmp_path)
+def test_evaluate_experiment_rejects_disagreeing_labels(tmp_path):
     y = np.array([1, 0, 1, 0])
     write_predictions(tmp_path / "seed0" / "weak", ["a", "b", "c", "d"], y, probs_with_n_right(y, 2))
     write_predictions(tmp_path / "seed0" / "ceiling", ["a", "b", "c", "d"], 1 - y, probs_with_n_right(y, 4))
-    with pytest.raises(ValueError, match="disagree on the label of test id 'a'"):
+    write_experiment_json(tmp_path, [0], ["weak", "ceiling"], {})
+    with pytest.raises(UserError, match="disagree on the label of test id 'a'"):
         evaluate_experiment(tmp_path, n_boot=10)
 
 
-def test_generation_runs_are_skipped_with_a_note(tmp_path):
-    run = tmp_path / "seed0" / "weak"
-    run.mkdir(parents=True)
-    (run / "predictions.json").write_text(json.dumps({"test": {"ids": ["a"], "labels": [1], "continuations": [["x"]]}}))
-    results = evaluate_experiment(tmp_path, n_boot=10)
-    assert results["seeds"] == {}
-    assert "no class probabilities" in results["skipped"][0]
-    write_results(tmp_path, results)
-    assert "No classification runs" in (tmp_path / "results.md").read_text()
+def test_table_says_na_with_the_gap_when_the_ceiling_equals_the_supervisor(tmp_path):
+    y = np.array([1, 0] * 20)
+    ids = [f"ex{i}" for i in range(40)]
+    for name, n_right in {"weak": 30, "ceiling": 30, "student_naive": 34}.items():
+        write_predictions(tmp_path / "seed0" / name, ids, y, probs_with_n_right(y, n_right))
+    write_experiment_json(tmp_path, [0], ["weak", "student_naive", "ceiling"], {"student_naive": ("weak", "ceiling")})
+    results = evaluate_experiment(tmp_path, n_boot=50)
+    entry = results["seeds"]["0"]["pgr"]["student_naive"]["accuracy"]
+    assert entry["pgr"] is None and entry["reason"] == "ceiling no better than supervisor" and entry["gap"] == 0
+    assert "n/a (ceiling no better than supervisor" in w2s_eval.format_table(results)

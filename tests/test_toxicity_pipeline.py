@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import eval as w2s_eval
+from cli import UserError
 import train
 import w2s
-from helpers import kill_w2s_after, without_paths
+from helpers import kill_w2s_after, without_paths, write_experiment_json, write_stage
 from model import GPT
 from tokenizer import load_tokenizer
 
@@ -130,10 +131,14 @@ def test_toxicity_metrics_match_hand_computed_values_with_samples():
 
 
 def write_generation_run(run_dir, ids, prompt_toxicity, continuations):
-    run_dir.mkdir(parents=True, exist_ok=True)
     test = {"ids": ids, "labels": [int(p >= 0.5) for p in prompt_toxicity], "prompts": ["p"] * len(ids),
             "prompt_toxicity": prompt_toxicity, "continuations": continuations}
-    (run_dir / "predictions.json").write_text(json.dumps({"test": test}))
+    write_stage(run_dir, {"predictions.json": {"test": test}})
+
+
+def list_runs(out):
+    write_experiment_json(out, [0], ["weak", "student_naive", "ceiling"], {"student_naive": ("weak", "ceiling")},
+                          kind="generation")
 
 
 def test_score_run_writes_scores_once_and_rescores_for_another_scorer_or_new_continuations(tmp_path):
@@ -176,6 +181,7 @@ def test_toxicity_pgr_is_positive_when_the_student_is_less_toxic_and_its_bootstr
     order = np.arange(n)[::-1]  # rows are matched by id, not by position
     write_scores(tmp_path / "seed0" / "student_naive", [ids[i] for i in order], [prompt_toxicity[i] for i in order],
                  student[order])
+    list_runs(tmp_path)
     results = w2s_eval.evaluate_experiment(tmp_path, n_boot=200)
     assert results["kind"] == "generation" and results["scorer"] == "fake:v1" and results["lower_is_better"]
     seed = results["seeds"]["0"]
@@ -207,12 +213,13 @@ def test_runs_scored_by_different_scorers_or_stale_scores_are_refused(tmp_path):
     ids, pt = ["a", "b"], [0.9, 0.1]
     write_scores(tmp_path / "seed0" / "weak", ids, pt, [[0.5], [0.2]], scorer="offline:ngram-logreg-aaa")
     write_scores(tmp_path / "seed0" / "ceiling", ids, pt, [[0.1], [0.1]], scorer="perspective:TOXICITY")
-    with pytest.raises(ValueError, match=r"different toxicity scorers cannot share one table: .*weak/scores.json by "
+    list_runs(tmp_path)
+    with pytest.raises(UserError, match=r"different toxicity scorers cannot share one table: .*weak/scores.json by "
                                          r"offline:ngram-logreg-aaa; .*ceiling/scores.json by perspective:TOXICITY"):
         w2s_eval.evaluate_experiment(tmp_path, n_boot=10)
     write_scores(tmp_path / "seed0" / "ceiling", ids, pt, [[0.1], [0.1]], scorer="offline:ngram-logreg-aaa")
     write_generation_run(tmp_path / "seed0" / "ceiling", ids, pt, [["new"], ["text"]])  # redone after scoring
-    with pytest.raises(ValueError, match=r"ceiling/scores.json scores other continuations than .*ceiling/predictions"
+    with pytest.raises(UserError, match=r"ceiling/scores.json scores other continuations than .*ceiling/predictions"
                                          r".json holds"):
         w2s_eval.evaluate_experiment(tmp_path, n_boot=10)
 
@@ -257,7 +264,7 @@ def test_w2s_toxicity_with_hub_models_offline_says_so_in_one_line(env, rtp_dir, 
     proc = subprocess.run([sys.executable, str(ROOT / "w2s.py"), "--task", "toxicity", "--data-dir", str(rtp_dir),
                            "--scorer", "offline", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model 'openai-community/openai-gpt' file") and "cannot be reached" in last
