@@ -18,7 +18,6 @@ PGR = (student - supervisor) / (ceiling - supervisor), each student against the 
 It is reported only where the ceiling is clearly better than the supervisor (the paired-bootstrap 95% interval of
 their gap excludes 0); elsewhere it is n/a, with the gap, because a ratio over a gap near 0 measures nothing.
 """
-import argparse
 import hashlib
 import json
 import os

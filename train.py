@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,8 +36,11 @@ from cli import UserError
 from data import TASKS, load_task
 from eval import metrics
 import labels
+from batching import bucketed_batches, collate, encode_lm, lm_targets
+from generation import generate_split
 from losses import LOSSES, aux_coef, logconf_threshold, xent_loss
 from model import GPT
+from students import gold_targets, member_paths, selective_targets, supervisor_path, supervisor_targets, vote
 from tokenizer import load_tokenizer
 
 # The paper's models: GPT-2 small supervises GPT-2 medium; for toxicity GPT-1 supervises GPT-2 small.
@@ -111,55 +113,6 @@ class TrainConfig:
     top_p: float | None = None       # nucleus sampling; none = the whole distribution
     temperature: float = 0.0         # 0 = greedy, as the paper does
     protocol: Literal["", "rtp"] = ""  # rtp = RealToxicityPrompts: 25 samples, top-p 0.9, temperature 1, 20 tokens
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# batching
-
-def bucketed_batches(lengths, batch_size, seed, epoch, shuffle=True):
-    """Batches of examples of similar length, so padding stays small: shuffle, sort inside chunks of 50 batches,
-    cut into batches, shuffle the batches. Every example appears exactly once per epoch."""
-    order = np.arange(len(lengths))
-    if shuffle:
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(lengths))
-    chunk = batch_size * 50
-    lengths = np.asarray(lengths)
-    order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")] for c in np.array_split(order, max(1, math.ceil(len(order) / chunk)))]) if len(order) else order
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
-
-def collate(seqs, pad_token, device, left_pad=False):
-    """Pad to the longest row. attention_mask is None when no row is padded (the fast causal SDPA path)."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_token, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(T - len(s), T) if left_pad else slice(0, len(s))
-        idx[i, sl] = torch.tensor(s, dtype=torch.long)
-        mask[i, sl] = 1
-    pin = device.type == "cuda"
-    idx = (idx.pin_memory() if pin else idx).to(device, non_blocking=True)
-    if all(len(s) == T for s in seqs):
-        return idx, None
-    return idx, (mask.pin_memory() if pin else mask).to(device, non_blocking=True)
-
-
-def vote(member_probs, how):
-    """Combine K weak supervisors' probabilities (K, N, C). soft: mean of probabilities. hard: majority of the
-    members' argmax, ties broken toward the class with the higher mean probability; returned one-hot."""
-    member_probs = np.asarray(member_probs, dtype=np.float64)
-    mean = member_probs.mean(0)
-    if how == "soft":
-        return mean
-    assert how == "hard", how
-    C = member_probs.shape[-1]
-    counts = np.stack([(member_probs.argmax(-1) == c).sum(0) for c in range(C)], -1).astype(np.float64)
-    winner = (counts + 1e-6 * mean).argmax(-1)  # mean prob (< 1) only decides among tied counts
-    return np.eye(C)[winner]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -340,35 +293,6 @@ def prepare(cfg):
         val_x = [ids[:cfg.max_length] for ids in tok.encode_batch([r["text"] for r in val_rows])]
     return Job(task, tok, model_source, generation, n_classes, train_rows, train_x, train_targets, val_x, val_targets,
                inputs, str(supervisor))
-
-
-def supervisor_path(cfg):
-    """The predictions.json a student learns from, checked against the sha256 its own stage recorded (when it comes
-    from a finished run), so a tampered or truncated file is refused here, not trained on."""
-    out = Path(cfg.out)
-    path = Path(cfg.weak_labels or (out.parent / "ensemble" / cfg.vote if cfg.vote else out.parent / "weak") /
-                "predictions.json")
-    if cfg.fold >= 0 and not cfg.weak_labels:  # a fold of <stage>/fold<k>: the stage's supervisor
-        path = out.parent.parent / "weak" / "predictions.json"
-    if not path.is_file():
-        raise UserError(f"weak labels not found: {path} (run --role weak first, with --ensemble K for --vote, or pass "
-                        "--weak-labels)")
-    for stage in (path.parent, path.parent.parent):  # weak/predictions.json, ensemble/hard/predictions.json
-        record = stage / "metrics.json"
-        if record.is_file() and str(path.relative_to(stage)) in cli.read_json(record).get("outputs", {}):
-            return rundir.verified(stage, str(path.relative_to(stage)))
-    return path
-
-
-def member_paths(cfg):
-    """--learned: every member's verified predictions.json in the ensemble directory."""
-    ensemble = Path(cfg.weak_labels or Path(cfg.out).parent / "ensemble")
-    members = sorted((d for d in ensemble.glob("member*") if d.name[len("member"):].isdigit()),
-                     key=lambda d: int(d.name[len("member"):]))
-    if len(members) < 2:
-        raise UserError(f"--learned needs a weak ensemble of at least 2 members in {ensemble} (run --role weak "
-                        "--ensemble K first, or pass its directory as --weak-labels)")
-    return [rundir.verified(d, "predictions.json") for d in members]
 
 
 def run_seed(cfg):
@@ -726,43 +650,6 @@ def lm_warm_start(model, texts, cfg, rt, tok, max_len):
     return round(loss.item(), 4)
 
 
-@torch.no_grad()
-def features(model, tok, texts, rt, batch_size, max_len):
-    """(N, n_embd): the hidden state of each text's last real token, what the classification head reads."""
-    model.eval()
-    seqs = [ids[:max_len] for ids in tok.encode_batch(texts)]
-    out = np.zeros((len(seqs), model.config.n_embd))
-    for batch in bucketed_batches([len(s) for s in seqs], batch_size * 2, 0, 0, shuffle=False):
-        idx, mask = collate([seqs[i] for i in batch], tok.pad_token, rt.device)
-        with rt.autocast:
-            h = model.hidden(idx, mask)
-        last = torch.tensor([len(seqs[i]) - 1 for i in batch], device=rt.device)  # right padding
-        out[batch] = h[torch.arange(len(batch), device=rt.device), last].float().cpu().numpy()
-    return out
-
-
-def selective_targets(cfg, job, rt, model, max_len):
-    """Selective W2SG's labels (labels.py states the simplifications): each half of w2s_train is labelled by the
-    fold model trained on the other half's weak labels; where it is confident (max probability >= --confidence) its
-    hard label replaces the weak one, and the remaining weak labels are averaged over their --knn nearest neighbours
-    in the pretrained strong model's features (this model, before any training)."""
-    n = len(job.train_rows)
-    halves = labels.cross_fit_halves(n, cfg.seed)
-    ids = [r["id"] for r in job.train_rows]
-    strong = np.zeros((n, job.n_classes))
-    for k in (0, 1):  # fold k trained on half k, so it labels the other half
-        fold = cli.read_json(Path(cfg.out) / f"fold{k}" / "predictions.json", "predictions file")["w2s_train"]
-        pos = {i: j for j, i in enumerate(fold["ids"])}
-        other = halves[1 - k]
-        strong[other] = np.asarray(fold["probs"])[[pos[ids[i]] for i in other]]
-    targets, replaced = labels.selective_labels(np.stack(job.train_targets), strong, cfg.confidence)
-    if (~replaced).any():
-        feats = features(model, job.tok, [r["text"] for r in job.train_rows], rt, cfg.batch_size, max_len)
-        targets = labels.knn_smooth(targets, feats, min(cfg.knn, n), rows=~replaced)
-    job.train_targets = list(targets)
-    return {"n_replaced": int(replaced.sum()), "n_smoothed": int((~replaced).sum())}
-
-
 def broadcast_float(x, device):
     t = torch.tensor([x], dtype=torch.float64, device=device)
     torch.distributed.broadcast(t, src=0)
@@ -806,43 +693,7 @@ def run_ensemble(cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# targets, encoding, evaluation helpers
-
-def gold_targets(rows, n_classes, generation):
-    if generation:
-        return [r["continuation"] for r in rows]
-    return [np.eye(n_classes)[r["label"]] for r in rows]
-
-
-def supervisor_targets(weak, split, rows, path, generation):
-    """The supervisor's predictions for `rows`, checked to be for exactly these examples."""
-    if split not in weak:
-        raise UserError(f"{path} has no predictions for split '{split}'")
-    ids = [r["id"] for r in rows]
-    if weak[split]["ids"] != ids:
-        raise UserError(f"{path}: predictions for '{split}' are for other examples than this task's split "
-                        "(different --seed, --limit or data?)")
-    if generation:
-        return [c[0] if isinstance(c, list) else c for c in weak[split]["continuations"]]
-    return [np.asarray(p, dtype=np.float64) for p in weak[split]["probs"]]
-
-
-def encode_lm(tok, prompt, continuation, max_len):
-    """(ids, n_prompt_tokens): prompt and continuation encoded separately so the prompt can be masked."""
-    p, c = tok.encode(prompt), tok.encode(continuation)
-    return (p + c)[:max_len], len(p)
-
-
-def lm_targets(batch_rows, T, device, loss_on):
-    """Next-token targets aligned with the logits; -100 on padding and, with --loss-on continuation, the prompt."""
-    targets = torch.full((len(batch_rows), T), -100, dtype=torch.long)
-    for i, (ids, n_prompt) in enumerate(batch_rows):
-        ids_t = torch.tensor(ids, dtype=torch.long)
-        targets[i, : len(ids) - 1] = ids_t[1:]
-        if loss_on == "continuation":
-            targets[i, : max(0, n_prompt - 1)] = -100
-    return targets.to(device, non_blocking=True)
-
+# evaluation helpers
 
 @torch.no_grad()
 def evaluate_loss(model, job, rt, cfg, mixer=None):
@@ -883,32 +734,6 @@ def predict_probs(model, tok, rows, rt, batch_size, max_len):
             logits = model.classify(idx, mask)
         probs[batch] = torch.softmax(logits.float(), -1).cpu().numpy()
     return probs
-
-
-@torch.no_grad()
-def generate_split(model, tok, rows, rt, cfg, max_len):
-    """Continuations for the prompts of `rows`: greedy by default, or `samples` samples at the temperature and top-p
-    given (honoured as given)."""
-    model.eval()
-    room = max_len - cfg.max_new_tokens
-    prompts = [tok.encode(r["prompt"])[-room:] or [tok.pad_token] for r in rows]
-    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
-    continuations = [[] for _ in rows]
-    for batch in bucketed_batches([len(p) for p in prompts], cfg.batch_size * 2, 0, 0, shuffle=False):
-        idx, mask = collate([prompts[i] for i in batch], tok.pad_token, rt.device, left_pad=True)
-        if mask is None:
-            mask = torch.ones_like(idx)
-        for _ in range(cfg.samples):
-            with rt.autocast:
-                out = model.generate(idx, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_p=cfg.top_p, eos_token=tok.eot_token,
-                                     generator=gen)
-            for j, i in enumerate(batch):
-                new = [t for t in out[j, idx.shape[1]:].tolist() if t != tok.eot_token]
-                continuations[i].append(tok.decode(new))
-    return {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
-            "prompts": [r["prompt"] for r in rows], "prompt_toxicity": [r.get("prompt_toxicity") for r in rows],
-            "continuations": continuations}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ OUT/results.json, OUT/results.md, OUT/results.png, covering every seed of the ex
 """
 import dataclasses
 import os
-import re
 import shutil
 import subprocess
 import sys

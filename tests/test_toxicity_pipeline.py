@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import eval as w2s_eval
 from cli import UserError
+import batching
 import train
 import w2s
 from helpers import kill_w2s_after, without_paths, write_experiment_json, write_stage
@@ -64,13 +65,13 @@ class CountingScorer:
 def test_lm_loss_equals_hand_computation_with_padding_and_prompt_masking(env):
     tok = load_tokenizer(env["weak"])
     model = GPT.from_pretrained(env["strong"]).eval()
-    rows = [train.encode_lm(tok, "Hello there,", " friend.", 64), train.encode_lm(tok, "No", " way out of here", 64),
-            train.encode_lm(tok, "A much longer prompt", "!", 64)]
+    rows = [batching.encode_lm(tok, "Hello there,", " friend.", 64), batching.encode_lm(tok, "No", " way out of here", 64),
+            batching.encode_lm(tok, "A much longer prompt", "!", 64)]
     assert rows[0] == (list(b"Hello there, friend."), len("Hello there,"))
-    idx, mask = train.collate([ids for ids, _ in rows], tok.pad_token, torch.device("cpu"))
+    idx, mask = batching.collate([ids for ids, _ in rows], tok.pad_token, torch.device("cpu"))
     assert mask is not None and (mask.sum(1) == torch.tensor([len(ids) for ids, _ in rows])).all()
     for loss_on in ("all", "continuation"):
-        targets = train.lm_targets(rows, idx.shape[1], torch.device("cpu"), loss_on)
+        targets = batching.lm_targets(rows, idx.shape[1], torch.device("cpu"), loss_on)
         with torch.no_grad():
             _, loss = model(idx, attention_mask=mask, targets=targets)
             # by hand: each row alone and unpadded; token t + 1 predicted from position t, the prompt's own tokens

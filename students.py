@@ -1,0 +1,114 @@
+"""
+Where a student's targets come from: gold labels (weak model, ceiling), a supervisor's predictions (weak labels, a
+vote of the weak ensemble), every ensemble member's labels (--learned), or Selective W2SG's cross-fitted mix
+(--selective). The label transforms themselves are in labels.py; the losses that train on the targets in losses.py.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cli
+import labels
+import rundir
+from batching import bucketed_batches, collate
+from cli import UserError
+
+
+def gold_targets(rows, n_classes, generation):
+    if generation:
+        return [r["continuation"] for r in rows]
+    return [np.eye(n_classes)[r["label"]] for r in rows]
+
+
+def supervisor_targets(weak, split, rows, path, generation):
+    """The supervisor's predictions for `rows`, checked to be for exactly these examples."""
+    if split not in weak:
+        raise UserError(f"{path} has no predictions for split '{split}'")
+    ids = [r["id"] for r in rows]
+    if weak[split]["ids"] != ids:
+        raise UserError(f"{path}: predictions for '{split}' are for other examples than this task's split "
+                        "(different --seed, --limit or data?)")
+    if generation:
+        return [c[0] if isinstance(c, list) else c for c in weak[split]["continuations"]]
+    return [np.asarray(p, dtype=np.float64) for p in weak[split]["probs"]]
+
+
+def supervisor_path(cfg):
+    """The predictions.json a student learns from, checked against the sha256 its own stage recorded (when it comes
+    from a finished run), so a tampered or truncated file is refused here, not trained on."""
+    out = Path(cfg.out)
+    path = Path(cfg.weak_labels or (out.parent / "ensemble" / cfg.vote if cfg.vote else out.parent / "weak") /
+                "predictions.json")
+    if cfg.fold >= 0 and not cfg.weak_labels:  # a fold of <stage>/fold<k>: the stage's supervisor
+        path = out.parent.parent / "weak" / "predictions.json"
+    if not path.is_file():
+        raise UserError(f"weak labels not found: {path} (run --role weak first, with --ensemble K for --vote, or pass "
+                        "--weak-labels)")
+    for stage in (path.parent, path.parent.parent):  # weak/predictions.json, ensemble/hard/predictions.json
+        record = stage / "metrics.json"
+        if record.is_file() and str(path.relative_to(stage)) in cli.read_json(record).get("outputs", {}):
+            return rundir.verified(stage, str(path.relative_to(stage)))
+    return path
+
+
+def member_paths(cfg):
+    """--learned: every member's verified predictions.json in the ensemble directory."""
+    ensemble = Path(cfg.weak_labels or Path(cfg.out).parent / "ensemble")
+    members = sorted((d for d in ensemble.glob("member*") if d.name[len("member"):].isdigit()),
+                     key=lambda d: int(d.name[len("member"):]))
+    if len(members) < 2:
+        raise UserError(f"--learned needs a weak ensemble of at least 2 members in {ensemble} (run --role weak "
+                        "--ensemble K first, or pass its directory as --weak-labels)")
+    return [rundir.verified(d, "predictions.json") for d in members]
+
+
+def vote(member_probs, how):
+    """Combine K weak supervisors' probabilities (K, N, C). soft: mean of probabilities. hard: majority of the
+    members' argmax, ties broken toward the class with the higher mean probability; returned one-hot."""
+    member_probs = np.asarray(member_probs, dtype=np.float64)
+    mean = member_probs.mean(0)
+    if how == "soft":
+        return mean
+    assert how == "hard", how
+    C = member_probs.shape[-1]
+    counts = np.stack([(member_probs.argmax(-1) == c).sum(0) for c in range(C)], -1).astype(np.float64)
+    winner = (counts + 1e-6 * mean).argmax(-1)  # mean prob (< 1) only decides among tied counts
+    return np.eye(C)[winner]
+
+
+@torch.no_grad()
+def features(model, tok, texts, rt, batch_size, max_len):
+    """(N, n_embd): the hidden state of each text's last real token, what the classification head reads."""
+    model.eval()
+    seqs = [ids[:max_len] for ids in tok.encode_batch(texts)]
+    out = np.zeros((len(seqs), model.config.n_embd))
+    for batch in bucketed_batches([len(s) for s in seqs], batch_size * 2, 0, 0, shuffle=False):
+        idx, mask = collate([seqs[i] for i in batch], tok.pad_token, rt.device)
+        with rt.autocast:
+            h = model.hidden(idx, mask)
+        last = torch.tensor([len(seqs[i]) - 1 for i in batch], device=rt.device)  # right padding
+        out[batch] = h[torch.arange(len(batch), device=rt.device), last].float().cpu().numpy()
+    return out
+
+
+def selective_targets(cfg, job, rt, model, max_len):
+    """Selective W2SG's labels (labels.py states the simplifications): each half of w2s_train is labelled by the
+    fold model trained on the other half's weak labels; where it is confident (max probability >= --confidence) its
+    hard label replaces the weak one, and the remaining weak labels are averaged over their --knn nearest neighbours
+    in the pretrained strong model's features (this model, before any training)."""
+    n = len(job.train_rows)
+    halves = labels.cross_fit_halves(n, cfg.seed)
+    ids = [r["id"] for r in job.train_rows]
+    strong = np.zeros((n, job.n_classes))
+    for k in (0, 1):  # fold k trained on half k, so it labels the other half
+        fold = cli.read_json(Path(cfg.out) / f"fold{k}" / "predictions.json", "predictions file")["w2s_train"]
+        pos = {i: j for j, i in enumerate(fold["ids"])}
+        other = halves[1 - k]
+        strong[other] = np.asarray(fold["probs"])[[pos[ids[i]] for i in other]]
+    targets, replaced = labels.selective_labels(np.stack(job.train_targets), strong, cfg.confidence)
+    if (~replaced).any():
+        feats = features(model, job.tok, [r["text"] for r in job.train_rows], rt, cfg.batch_size, max_len)
+        targets = labels.knn_smooth(targets, feats, min(cfg.knn, n), rows=~replaced)
+    job.train_targets = list(targets)
+    return {"n_replaced": int(replaced.sum()), "n_smoothed": int((~replaced).sum())}
