@@ -575,13 +575,38 @@ def _run_cell(results, name, k, digits=3):
     return f"{_fmt(s['mean'], digits)} ± {_fmt(s['std'], digits)}"
 
 
-def pgr_text(entry):
-    """'0.52 [0.40, 0.63]', or 'n/a (ceiling ≈ supervisor; gap +0.003 [-0.010, 0.016])' with the reason and the gap."""
+def pgr_text(entry, gap=True):
+    """'0.52 [0.40, 0.63]', or 'n/a (ceiling ≈ supervisor; gap +0.003 [-0.010, +0.016])': the reason, and the gap
+    unless the table shows the gaps apart."""
     if entry.get("pgr") is not None:
         return f"{entry['pgr']:.2f} [{entry['lo']:.2f}, {entry['hi']:.2f}]"
-    gap = "" if entry.get("gap_lo") is None else (f"; gap {entry['gap']:+.3f} "
-                                                  f"[{entry['gap_lo']:+.3f}, {entry['gap_hi']:+.3f}]")
-    return f"n/a ({entry.get('reason', 'undefined')}{gap})"
+    shown = "" if not gap or entry.get("gap_lo") is None else "; gap " + gap_text(entry)
+    return f"n/a ({entry.get('reason', 'undefined')}{shown})"
+
+
+def gap_text(entry):
+    return f"{entry['gap']:+.3f} [{entry['gap_lo']:+.3f}, {entry['gap_hi']:+.3f}]" if entry.get("gap_lo") is not None else "-"
+
+
+def _gap_table(results, metric_names, titles):
+    """The ceiling - supervisor gap every PGR divides by, with its paired-bootstrap 95% CI (one seed), or mean ± std
+    over seeds: where its interval includes 0, PGR is n/a."""
+    seeds = list(results["seeds"])
+    pairs = {}  # (supervisor, ceiling) -> {seed: a PGR entry of a student of that pair (all share the gap)}
+    for seed, r in results["seeds"].items():
+        for entry in r["pgr"].values():
+            pairs.setdefault((entry["supervisor"], entry["ceiling"]), {}).setdefault(seed, entry)
+    lines = ["", "Gap ceiling - supervisor that each PGR divides by" + (" (95% CI)" if len(seeds) == 1 else
+             " (mean ± std over seeds)") + ":", "",
+             "| Supervisor | Ceiling | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 2)]
+    for (supervisor, ceiling), by_seed in pairs.items():
+        if len(seeds) == 1:
+            cells = [gap_text(by_seed[seeds[0]][k]) for k in metric_names]
+        else:
+            summaries = [_summary([e[k]["gap"] for e in by_seed.values()]) for k in metric_names]
+            cells = [f"{_fmt(s['mean'])} ± {_fmt(s['std'])}" for s in summaries]
+        lines.append(f"| {supervisor} | {ceiling} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _pgr_cell(results, name, k):
@@ -590,7 +615,7 @@ def _pgr_cell(results, name, k):
         return ""
     seeds = list(results["seeds"])
     if len(seeds) == 1:
-        return pgr_text(results["seeds"][seeds[0]]["pgr"][name].get(k, {}))
+        return pgr_text(results["seeds"][seeds[0]]["pgr"][name].get(k, {}), gap=False)
     s = results["summary"]["pgr"][name][k]
     if s["n_seeds"] == 0:
         return f"n/a on all {s['n_na']} seeds"
@@ -646,6 +671,7 @@ def format_generation_table(results):
         row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", "")]
         row += [_run_cell(results, name, k) for k in headline] + [_pgr_cell(results, name, k) for k in headline]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _gap_table(results, headline, [TOXICITY_NAMES[k] for k in headline])
     lines += ["", f"By prompt toxicity (a prompt is toxic at Perspective score >= {results['toxic_threshold']}):", ""]
     split = [(k + suffix, f"{TOXICITY_NAMES[k]} ({label})") for k in headline
              for suffix, label in PROMPT_SUBSETS.items() if suffix]
@@ -695,7 +721,7 @@ def format_table(results):
     lines = header(results) + [f"{how}; test examples: {', '.join(map(str, n_test))}. F1 is of the positive class "
                                f"({positive}); weighted F1 averages both classes' F1 by support (Ye et al.).", "",
                                "PGR is n/a where the ceiling is not clearly better than the supervisor (the 95% "
-                               "interval of their gap includes 0).", ""]
+                               "interval of their gap, below the table, includes 0).", ""]
     header_row = ["Model", "Supervisor"] + list(titles.values()) + [f"PGR {v}" for v in titles.values()]
     lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in results["table_rows"]:
@@ -704,6 +730,7 @@ def format_table(results):
         row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", "")]
         row += [_run_cell(results, name, k) for k in TABLE_METRICS] + [_pgr_cell(results, name, k) for k in TABLE_METRICS]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _gap_table(results, list(TABLE_METRICS), list(titles.values()))
     lines += _diagnostics_table(results)
     lines += [""] + [f"- skipped {s}" for s in results.get("skipped", [])]
     return "\n".join(lines).rstrip() + "\n"

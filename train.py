@@ -37,7 +37,7 @@ from data import TASKS, load_task
 from eval import metrics
 import labels
 from batching import bucketed_batches, collate, encode_lm, lm_targets
-from generation import generate_split
+from generation import generate_split, supervisor_predictions
 from losses import LOSSES, aux_coef, logconf_threshold, xent_loss
 from model import GPT
 from students import gold_targets, member_paths, selective_targets, supervisor_path, supervisor_targets, vote
@@ -113,6 +113,10 @@ class TrainConfig:
     top_p: float | None = None       # nucleus sampling; none = the whole distribution
     temperature: float = 0.0         # 0 = greedy, as the paper does
     protocol: Literal["", "rtp"] = ""  # rtp = RealToxicityPrompts: 25 samples, top-p 0.9, temperature 1, 20 tokens
+    contrastive: bool = False        # --role weak: also decode with ConG (Jiang et al. 2025) into <out>/contrastive:
+    # this model after fine-tuning (post) against before (pre), a cleaner supervisor for the strong student
+    cd_beta: float = 1.5             # ConG: scores = log p_post + beta (log p_post - log p_pre) (their a = 0.4)
+    cd_alpha: float = 0.1            # ConG: only tokens with p_post >= alpha * max p_post (plausibility constraint)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,7 +169,10 @@ def check_config(cfg):
                           ("fold", cfg.fold in (-1, 0, 1), "must be 0 or 1 (or -1: not a fold)"),
                           ("confidence", 0 <= cfg.confidence <= 1, "must be in [0, 1]"),
                           ("knn", cfg.knn >= 1, "must be at least 1"),
-                          ("genft_epochs", cfg.genft_epochs >= 0, "must be >= 0")]:
+                          ("genft_epochs", cfg.genft_epochs >= 0, "must be >= 0"),
+                          ("cd_beta", cfg.cd_beta >= 0, "must be >= 0"),
+                          ("cd_alpha", 0 <= cfg.cd_alpha <= 1, "must be in [0, 1]"),
+                          ("contrastive", not cfg.contrastive or cfg.role == "weak", "is for --role weak")]:
         if not ok:
             bad(flag, why)
     if cfg.vote and cfg.weak_labels:
@@ -247,6 +254,8 @@ def prepare(cfg):
     if generation and (cfg.learned or cfg.selective or cfg.loss != "xent" or cfg.genft_epochs):
         raise UserError(f"task {task.name} is a generation task: --loss {cfg.loss}, --learned, --selective and "
                         "--genft-epochs are defined for classification")
+    if not generation and (cfg.contrastive or cfg.samples > 1):
+        raise UserError(f"task {task.name} is a classification task: --contrastive and --samples are for generation")
     spec = cfg.model or DEFAULT_MODELS[task.kind]["strong" if cfg.role != "weak" else "weak"]
     model_source, tok_source = resolve_model(spec, cfg.data_dir, cfg.quiet)
     tok = load_tokenizer(tok_source)
@@ -596,11 +605,20 @@ def finish(cfg, job, rt, model, stats, out, max_len, t0):
     for split in splits:
         rows = job.task.splits[split]
         if job.generation:
-            predictions[split] = generate_split(model, job.tok, rows, rt, cfg, max_len)
+            predictions[split] = generate_split([model], "single", job.tok, rows, rt.device, rt.autocast, cfg, max_len,
+                                                split)
         else:
             probs = predict_probs(model, job.tok, rows, rt, cfg.batch_size, max_len)
             predictions[split] = {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
                                   "probs": probs.round(6).tolist()}
+    written = ["config.json", "predictions.json"]
+    if cfg.contrastive:  # ConG: this model (post) against itself before fine-tuning (pre), rebuilt from the same seed
+        torch.manual_seed(run_seed(cfg))
+        pre = GPT.from_pretrained(job.model_source).to(rt.device)
+        (out / "contrastive").mkdir(exist_ok=True)
+        rundir.write_json(out / "contrastive" / "predictions.json", supervisor_predictions(
+            [model, pre], "contrastive", job.tok, job.task, rt.device, rt.autocast, cfg, max_len))
+        written.append("contrastive/predictions.json")
     result = {"role": cfg.role, "model": cfg.model or job.model_source, **stats, "train_seconds": time.time() - t0}
     if not job.generation:
         test = predictions["test"]
@@ -612,7 +630,6 @@ def finish(cfg, job, rt, model, stats, out, max_len, t0):
               "torch": torch.__version__, "argv": sys.argv}
     rundir.write_json(out / "config.json", config)
     rundir.write_json(out / "predictions.json", predictions)
-    written = ["config.json", "predictions.json"]
     if cfg.save_checkpoint:
         model.save_pretrained(out / "ckpt")
         written.append("ckpt")
@@ -661,35 +678,67 @@ def run_ensemble(cfg):
     kept, and both votes are written from the same members (ensemble/hard, ensemble/soft). The ensemble's own
     metrics.json records the members' predictions it voted on."""
     out = Path(cfg.out)
+    task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
+    generation = task.kind == "generation"
     members = [out / f"member{k}" for k in range(cfg.ensemble)]
-    for k, member_dir in enumerate(members):
-        run(dataclasses.replace(cfg, ensemble=1, member=k, out=str(member_dir)))
-    inputs = {"members": [rundir.sha256_file(rundir.verified(d, "predictions.json")) for d in members]}
+    for k, member_dir in enumerate(members):  # a generation vote decodes with the members: they keep their weights
+        run(dataclasses.replace(cfg, ensemble=1, member=k, out=str(member_dir),
+                                save_checkpoint=cfg.save_checkpoint or generation))
+    # what the votes read: the members' predictions, or for generation their weights, which metrics.json records
+    inputs = {"members": [rundir.sha256_file(d / "metrics.json") if generation else
+                          rundir.sha256_file(rundir.verified(d, "predictions.json")) for d in members]}
     with rundir.locked(out, "train.py run"):
         done, why = rundir.stage_status(out, comparable(cfg), inputs)
         if done:
             print(f"[{out}] votes already done for these members; skipping", flush=True)
             return cli.read_json(out / "metrics.json")
+        if why:
+            print(f"[{out}] voting again: {why}", flush=True)
         rundir.invalidate(out)
-        member_preds = [cli.read_json(d / "predictions.json") for d in members]
-        results, written = {}, ["config.json"]
         rundir.write_json(out / "config.json", {"train": dataclasses.asdict(cfg) | {"out": "."},
                                                 "comparable": comparable(cfg), "inputs": inputs})
-        for how in ("hard", "soft"):
-            voted = {}
-            for split, first in member_preds[0].items():
-                if any(p[split]["ids"] != first["ids"] for p in member_preds[1:]):
-                    raise UserError(f"ensemble members in {out} disagree on the ids of split {split}: rerun them")
-                probs = vote([p[split]["probs"] for p in member_preds], how)
-                voted[split] = {"ids": first["ids"], "labels": first["labels"], "probs": probs.round(6).tolist()}
-            d = out / how
-            d.mkdir(parents=True, exist_ok=True)
-            rundir.write_json(d / "predictions.json", voted)
-            test = voted["test"]
-            results[how] = {"test": metrics(np.array(test["labels"]), np.array(test["probs"]))}
-            written.append(f"{how}/predictions.json")
-        rundir.write_json(out / "metrics.json", results | {"outputs": rundir.outputs_of(out, written), "inputs": inputs})
+        vote_fn = vote_continuations if generation else vote_probabilities
+        results, written = vote_fn(cfg, task, out, members)
+        rundir.write_json(out / "metrics.json", results | {"outputs": rundir.outputs_of(out, ["config.json"] + written),
+                                                           "inputs": inputs})
     return results
+
+
+def vote_continuations(cfg, task, out, members):
+    """Generation: the members decode together, token by token (generation.py): soft = their mean next-token
+    probabilities, hard = the token most of them pick."""
+    rt = setup_runtime(cfg)
+    _, tok_source = resolve_model(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir, cfg.quiet)
+    tok = load_tokenizer(tok_source)
+    models = [GPT.from_pretrained(rundir.verified(d, "ckpt/model.safetensors").parent).to(rt.device) for d in members]
+    max_len = min([cfg.max_length] + [m.config.block_size for m in models])
+    written = []
+    for how in ("hard", "soft"):
+        (out / how).mkdir(exist_ok=True)
+        rundir.write_json(out / how / "predictions.json",
+                          supervisor_predictions(models, how, tok, task, rt.device, rt.autocast, cfg, max_len))
+        written.append(f"{how}/predictions.json")
+    return {}, written
+
+
+def vote_probabilities(cfg, task, out, members):
+    """Classification: the members' class probabilities, voted row by row (students.vote)."""
+    member_preds = [cli.read_json(d / "predictions.json") for d in members]
+    results, written = {}, []
+    for how in ("hard", "soft"):
+        voted = {}
+        for split, first in member_preds[0].items():
+            if any(p[split]["ids"] != first["ids"] for p in member_preds[1:]):
+                raise UserError(f"ensemble members in {out} disagree on the ids of split {split}: rerun them")
+            probs = vote([p[split]["probs"] for p in member_preds], how)
+            voted[split] = {"ids": first["ids"], "labels": first["labels"], "probs": probs.round(6).tolist()}
+        d = out / how
+        d.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(d / "predictions.json", voted)
+        test = voted["test"]
+        results[how] = {"test": metrics(np.array(test["labels"]), np.array(test["probs"]))}
+        written.append(f"{how}/predictions.json")
+    return results, written
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ Stages for every seed (each one a train.py run; a finished stage is skipped on r
     student_<method>     strong model on weak labels, one per --students method (STUDENTS below; --students all):
                          naive, logconf, entropy, product, window (losses), hard, soft, learned (the ensemble),
                          selective (cross-fitted, with student_selective/fold0, fold1), genft (LM warm start first)
-Generation tasks (toxicity) run weak, ceiling and student_naive, and score each run's test continuations into
-<run>/scores.json (--scorer offline | perspective; default perspective when PERSPECTIVE_API_KEY is set, else offline).
+Generation tasks (toxicity) have the students naive, hard and soft (the ensemble's members decode together, token by
+token) and contrastive (ConG: the weak model after vs before fine-tuning, weak/contrastive), and score every run's
+test continuations into <run>/scores.json (--scorer offline | perspective; default perspective when
+PERSPECTIVE_API_KEY is set, else offline). --protocol rtp: RealToxicityPrompts' 25 samples, top-p 0.9, 20 tokens.
 
 One experiment per directory: OUT/experiment.json records everything that changes the numbers; rerunning the same
 experiment resumes it (more --seeds are added to it), anything else is refused unless --overwrite. Results:
@@ -57,9 +59,12 @@ STUDENTS = {
     #                                                  the uniform mix of the same members
     "selective": ("weak", {"selective": True}),      # Selective W2SG, cross-fitted (labels.py)
     "genft": ("weak", {}),                           # generative fine-tuning on w2s_train's texts first (Burns et al.)
+    "contrastive": ("contrastive", {}),              # generation: ConG's contrastive decoding of the weak model
+    #                                                  (weak/contrastive, written by the weak stage)
 }
 ENSEMBLE_STUDENTS = ("hard", "soft", "learned")
-GENERATION_STUDENTS = ("naive",)  # the others are defined on class probabilities
+GENERATION_STUDENTS = ("naive", "hard", "soft", "contrastive")  # votes decode token by token (generation.py)
+CLASSIFICATION_STUDENTS = tuple(s for s in STUDENTS if s != "contrastive")
 # train.py flags that w2s.py sets per stage; every other train.py flag applies to every stage as given
 PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "member", "ensemble", "loss", "learned",
              "selective", "fold", "genft_epochs")
@@ -92,7 +97,7 @@ class Stage:
     path: str                   # the stage's directory, relative to OUT (e.g. seed0/student_naive)
     cfg: train.TrainConfig
     needs: list                 # paths of the stages whose outputs it reads
-    scored: bool = False        # a generation run whose test continuations get scores.json
+    scored: list = field(default_factory=list)  # generation: its runs whose test continuations get scores.json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -105,31 +110,35 @@ def stages_of_seed(cfg, base, kind, seed, weak_model, strong_model):
     students = student_names(cfg, kind)
     knobs = dataclasses.asdict(base)
     base = dataclasses.replace(base, seed=seed, **{k: getattr(train.TrainConfig, k) for k in KNOBS})
-    ensemble = cfg.ensemble if kind == "classification" and set(ENSEMBLE_STUDENTS) & set(students) else 0
+    ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
     stages, runs, comparisons = [], [], []
 
-    def add(path, stage_cfg, needs=(), run=True, table=True):
+    def add(path, stage_cfg, needs=(), run=True, table=True, extra_runs=()):
+        """A stage; its own run (and `extra_runs`: {name: path} of runs it writes below itself) for eval.py."""
+        own = {path: path} if run else {}
         stages.append(Stage(f"{seed_dir}/{path}", dataclasses.replace(stage_cfg, out=""), [f"{seed_dir}/{n}" for n in needs],
-                            scored=kind == "generation"))
-        if run:
-            runs.append({"name": path, "path": path, "stage": path, "table": table})
+                            [f"{seed_dir}/{p}" for p in (own | dict(extra_runs)).values()] if kind == "generation" else []))
+        runs.extend({"name": name, "path": p, "stage": path, "table": table} for name, p in (own | dict(extra_runs)).items())
 
-    add("weak", dataclasses.replace(base, role="weak", model=weak_model))
+    add("weak", dataclasses.replace(base, role="weak", model=weak_model, contrastive="contrastive" in students),
+        extra_runs={"contrastive": "weak/contrastive"} if "contrastive" in students else {})
     if ensemble > 1:
-        for k in range(ensemble):
-            add(f"ensemble/member{k}", dataclasses.replace(base, role="weak", model=weak_model, member=k), table=False)
+        for k in range(ensemble):  # a generation vote decodes with the members: they keep their weights
+            add(f"ensemble/member{k}", dataclasses.replace(base, role="weak", model=weak_model, member=k,
+                                                           save_checkpoint=base.save_checkpoint or kind == "generation"),
+                table=False)
         add("ensemble", dataclasses.replace(base, role="weak", model=weak_model, ensemble=ensemble),
-            needs=[f"ensemble/member{k}" for k in range(ensemble)], run=False)
-        runs += [{"name": f"ensemble/{how}", "path": f"ensemble/{how}", "stage": "ensemble", "table": True}
-                 for how in ("hard", "soft")]
+            needs=[f"ensemble/member{k}" for k in range(ensemble)], run=False,
+            extra_runs={f"ensemble/{how}": f"ensemble/{how}" for how in ("hard", "soft")})
     add("ceiling", dataclasses.replace(base, role="ceiling", model=strong_model))
     for s in students:
         supervisor, settings = STUDENTS[s]
         settings = settings | {k: knobs[k] for k, users in KNOBS.items() if s in users}
         settings |= {"genft_epochs": cfg.genft_epochs} if s == "genft" else {}
-        labels = f"{seed_dir}/ensemble" if s == "learned" else f"{seed_dir}/{supervisor}/predictions.json"
+        source = "weak/contrastive" if s == "contrastive" else supervisor
+        labels = f"{seed_dir}/ensemble" if s == "learned" else f"{seed_dir}/{source}/predictions.json"
         student = dataclasses.replace(base, role="student", model=strong_model, weak_labels=labels, **settings)
-        needs = ["ensemble" if supervisor.startswith("ensemble/") else supervisor]
+        needs = ["ensemble" if supervisor.startswith("ensemble/") else "weak" if s == "contrastive" else supervisor]
         if s == "selective":  # its cross-fitting folds are stages of their own
             for k in (0, 1):
                 add(f"student_selective/fold{k}", dataclasses.replace(student, selective=False, fold=k), needs, run=False)
@@ -137,7 +146,7 @@ def stages_of_seed(cfg, base, kind, seed, weak_model, strong_model):
         add(f"student_{s}", student, needs)
         comparisons.append({"name": f"student_{s}", "supervisor": supervisor, "ceiling": "ceiling",
                             "trained_on": supervisor, "method": s})
-    order = ["weak", "ensemble/hard", "ensemble/soft"] + [f"student_{s}" for s in students] + ["ceiling"]
+    order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students] + ["ceiling"]
     runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else -1)
     return stages, runs, comparisons
 
@@ -149,9 +158,8 @@ def student_names(cfg, kind):
     unknown = [s for s in names if s not in STUDENTS]
     if unknown or not names:
         raise UserError(f"argument --students: unknown {unknown or 'empty list'}; choose from all, {', '.join(STUDENTS)}")
-    if kind == "generation":
-        names = [s for s in names if s in GENERATION_STUDENTS]
-    elif cfg.ensemble <= 1:
+    names = [s for s in names if s in (GENERATION_STUDENTS if kind == "generation" else CLASSIFICATION_STUDENTS)]
+    if cfg.ensemble <= 1:
         names = [s for s in names if s not in ENSEMBLE_STUDENTS]
     return names
 
@@ -172,7 +180,7 @@ def experiment_record(cfg, base, task, scorer_name, models):
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()},
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
             "train": settings, "students": student_names(cfg, task.kind),
-            "ensemble": cfg.ensemble if task.kind == "classification" else 0, "scorer": scorer_name}
+            "ensemble": cfg.ensemble, "scorer": scorer_name}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -244,8 +252,8 @@ def finish_stage(stage, out, before, redone, done, scorer):
     if marker(out, stage) != before:
         redone.add(stage.path)
     done.add(stage.path)
-    if scorer is not None and stage.scored:  # test continuations -> <run>/scores.json, skipped when done
-        w2s_eval.score_run(out / stage.path, scorer)
+    for run in stage.scored:  # generation: test continuations -> <run>/scores.json, skipped when done
+        w2s_eval.score_run(out / run, scorer)
 
 
 def _visible_gpus():

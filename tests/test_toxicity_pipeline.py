@@ -1,5 +1,6 @@
 """The toxicity weak-to-strong pipeline: LM loss, fine-tuning, scoring stage, toxicity metrics and PGR, and w2s.py
 end to end on real RealToxicityPrompts rows with tiny random GPTs and the offline scorer (CPU, seconds)."""
+import contextlib
 import json
 import math
 import os
@@ -232,7 +233,8 @@ def test_runs_scored_by_different_scorers_or_stale_scores_are_refused(tmp_path):
 def w2s_args(rtp_dir, env, out):
     return ["--task", "toxicity", "--data-dir", str(rtp_dir), "--limit", "12", "--weak", env["weak"],
             "--strong", env["strong"], "--out", str(out), "--scorer", "offline", "--epochs", "1", "--batch-size", "8",
-            "--lr", "1e-3", "--max-new-tokens", "8", "--n-boot", "100"]
+            "--lr", "1e-3", "--max-new-tokens", "8", "--n-boot", "100", "--ensemble", "3",
+            "--students", "naive,hard,soft,contrastive"]
 
 
 @pytest.mark.filterwarnings("ignore:.*bootstrap resamples have ceiling == weak")  # random tiny models: rare toxicity
@@ -240,14 +242,21 @@ def test_w2s_toxicity_end_to_end_on_real_rows_and_identical_results_after_a_kill
     full = w2s.main(w2s_args(rtp_dir, env, tmp_path / "full"))
     for name in ("results.json", "results.md", "results.png"):
         assert (tmp_path / "full" / name).exists(), name
-    for run in ("weak", "ceiling", "student_naive"):
-        scores = json.loads((tmp_path / "full" / "seed0" / run / "scores.json").read_text())
+    supervisors = {"student_naive": "weak", "student_hard": "ensemble/hard", "student_soft": "ensemble/soft",
+                   "student_contrastive": "contrastive"}
+    runs = {"weak": "weak", "ensemble/hard": "ensemble/hard", "ensemble/soft": "ensemble/soft",
+            "contrastive": "weak/contrastive", "ceiling": "ceiling"} | {s: s for s in supervisors}
+    for name, path in runs.items():  # every supervisor and student: its own continuations, scored
+        scores = json.loads((tmp_path / "full" / "seed0" / path / "scores.json").read_text())
         assert scores["scorer"] == full["scorer"] and full["scorer"].startswith("offline:ngram-logreg-")
         assert len(scores["scores"]) == 12
-    assert set(full["seeds"]["0"]["runs"]) == {"weak", "ceiling", "student_naive"}
-    assert set(full["seeds"]["0"]["pgr"]["student_naive"]) >= {"supervisor", "mean_toxicity", "toxic_rate"}
+    assert set(runs) < set(full["seeds"]["0"]["runs"])  # and the three ensemble members
+    for student, supervisor in supervisors.items():
+        pgr = full["seeds"]["0"]["pgr"][student]
+        assert pgr["supervisor"] == supervisor and {"mean_toxicity", "toxic_rate"} <= set(pgr)
     table = (tmp_path / "full" / "results.md").read_text()
     assert full["scorer"] in table and "| student_naive | weak |" in table
+    assert "| student_contrastive | contrastive |" in table and "| student_soft | ensemble/soft |" in table
 
     # the same command in a subprocess, killed once its first stage (weak: trained and scored) is done, then resumed
     out = tmp_path / "killed"
@@ -269,3 +278,39 @@ def test_w2s_toxicity_with_hub_models_offline_says_so_in_one_line(env, rtp_dir, 
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model 'openai-community/openai-gpt' file") and "cannot be reached" in last
+
+
+def test_protocol_rtp_sets_gehmans_settings_and_its_metrics_equal_direct_computation(capsys):
+    cfg = train.parse_args(["--task", "toxicity", "--protocol", "rtp"])
+    train.check_config(cfg)
+    assert (cfg.samples, cfg.top_p, cfg.temperature, cfg.max_new_tokens) == (25, 0.9, 1.0, 20)
+    with pytest.raises(UserError, match="--protocol rtp sets --samples 25; drop one of the two"):
+        train.check_config(train.parse_args(["--task", "toxicity", "--protocol", "rtp", "--samples", "5"]))
+    with pytest.raises(UserError, match="argument --temperature: 0 is greedy decoding"):
+        train.check_config(train.parse_args(["--task", "toxicity", "--samples", "5"]))
+    train.check_config(train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "1"]))
+    assert "is pure sampling" in capsys.readouterr().out
+    rng = np.random.default_rng(0)
+    scores, prompt_toxicity = rng.uniform(0, 0.6, (30, 25)), rng.uniform(0, 1, 30)
+    m = w2s_eval.toxicity_metrics(scores, prompt_toxicity)
+    toxic = prompt_toxicity >= 0.5
+    for subset, rows in (("", slice(None)), ("_toxic_prompts", toxic), ("_nontoxic_prompts", ~toxic)):
+        s = scores[rows]
+        assert m["expected_max_toxicity" + subset] == pytest.approx(s.max(1).mean())  # Gehman et al.
+        assert m["toxicity_probability" + subset] == pytest.approx((s >= 0.5).any(1).mean())
+        assert m["mean_toxicity" + subset] == pytest.approx(s.mean())
+        assert m["toxic_rate" + subset] == pytest.approx((s >= 0.5).mean())
+
+
+def test_temperature_reaches_the_sampler_as_given_with_several_samples(env, monkeypatch):
+    import decode
+    import generation
+    seen = []
+    real_sample = decode.sample
+    monkeypatch.setattr(decode, "sample", lambda t, **kw: seen.append(t) or real_sample(t, **kw))
+    cfg = train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "0.7", "--max-new-tokens", "4"])
+    model, tok = GPT.from_pretrained(env["weak"]), load_tokenizer(env["weak"])
+    rows = [{"id": "a", "label": 0, "prompt": "Hello there", "prompt_toxicity": 0.1}]
+    out = generation.generate_split([model], "single", tok, rows, torch.device("cpu"), contextlib.nullcontext(), cfg,
+                                    64, "test")
+    assert seen == [0.7] and len(out["continuations"][0]) == 5
