@@ -18,6 +18,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
 
@@ -145,7 +146,9 @@ def error_line(e):
 
 
 def main_guard(main):
-    """Run an entry point: expected errors end with `error: <one sentence>` on stderr and exit status 2."""
+    """Run an entry point: expected errors end with `error: <one sentence>` on stderr and exit status 2; warnings
+    show as `warning: <sentence>` lines (not file:line and a source line)."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         main()
     except KeyboardInterrupt:

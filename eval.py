@@ -439,6 +439,19 @@ def _load_scored_runs(seed_dir, listed, scorers, skipped):
     return runs
 
 
+def _n_params(out_dir, exp):
+    """{model label: parameter count} of a sweep's models, from their first finished stage's config.json."""
+    if not exp.get("sweep"):
+        return {}
+    counts = {}
+    for s in exp["seeds"]:
+        for run in exp["runs"]:
+            config = Path(out_dir) / f"seed{s}" / run["stage"] / "config.json"
+            if run.get("model") and run["model"] not in counts and config.is_file():
+                counts[run["model"]] = cli.read_json(config).get("n_params")
+    return counts
+
+
 def _compare_runs(values, boot, metric_names, students, lower_is_better):
     """Per-run values with bootstrap 95% intervals, and the PGR of every listed student against its supervisor and
     ceiling. values {run: {metric: float}}, boot {run: {metric: (n_boot,)}} from resamples shared by every run."""
@@ -522,7 +535,8 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
     generation = exp["kind"] == "generation"
     results = {"out_dir": str(out_dir), "kind": exp["kind"], "n_boot": n_boot, "bootstrap_seed": seed,
                "metrics": list(METRICS), "seeds": {}, "skipped": [], "description": exp.get("description", {}),
-               "students": exp["students"], "table_rows": [r["name"] for r in exp["runs"] if r.get("table", True)]}
+               "students": exp["students"], "table_rows": [r["name"] for r in exp["runs"] if r.get("table", True)],
+               "sweep": exp.get("sweep"), "n_params": _n_params(out_dir, exp)}
     scorers, metric_names = {}, {}
     for s in exp["seeds"]:
         seed_dir = out_dir / f"seed{s}"
@@ -704,6 +718,37 @@ def _diagnostics_table(results):
     return lines
 
 
+def _sweep_cells(results):
+    """{method: {(weak, strong): PGR cell of accuracy}} and {model: (weak accuracy cell, ceiling accuracy cell)}."""
+    pgr, models = {}, {m: ["", ""] for m in results["sweep"]}
+    for st in results["students"]:
+        if st["name"] in results["summary"]["pgr"]:
+            pgr.setdefault(st["method"], {})[tuple(st["pair"])] = _pgr_cell(results, st["name"], "accuracy")
+    for name in results["summary"]["runs"]:
+        model, _, role = name.partition("/")
+        if model in models and role in ("weak", "ceiling"):
+            models[model][role == "ceiling"] = _run_cell(results, name, "accuracy")
+    return pgr, models
+
+
+def _sweep_tables(results):
+    """A sweep at a glance: each model's size and accuracy as supervisor and as ceiling, then per student method
+    the PGR (accuracy) of every pair, weak in rows, strong in columns (Burns et al.'s grid)."""
+    pgr, models = _sweep_cells(results)
+    sizes = results["sweep"]
+    lines = ["Models (smallest first): test accuracy as the weak supervisor and as the ceiling.", "",
+             "| Model | Parameters | Weak | Ceiling |", "|---|---|---|---|"]
+    for m in sizes:
+        n = results["n_params"].get(m)
+        lines.append(f"| {m} | {f'{n:,}' if n else '-'} | {models[m][0] or '-'} | {models[m][1] or '-'} |")
+    for method, cells in pgr.items():
+        lines += ["", f"PGR (accuracy) of student `{method}`, weak supervisor (rows) x strong student (columns):", "",
+                  "| weak \\ strong | " + " | ".join(sizes[1:]) + " |", "|" + "---|" * len(sizes)]
+        for w in sizes[:-1]:
+            lines.append(f"| {w} | " + " | ".join(cells.get((w, s), "") for s in sizes[1:]) + " |")
+    return lines + ["", "Every run:", ""]
+
+
 def format_table(results):
     """Markdown table shaped like Ye et al.'s Table 1: one row per model, PGR (with its 95% CI for one seed, mean
     +- std over seeds otherwise) for the students; then the students' diagnostics."""
@@ -722,6 +767,7 @@ def format_table(results):
                                f"({positive}); weighted F1 averages both classes' F1 by support (Ye et al.).", "",
                                "PGR is n/a where the ceiling is not clearly better than the supervisor (the 95% "
                                "interval of their gap, below the table, includes 0).", ""]
+    lines += _sweep_tables(results) if results.get("sweep") else []
     header_row = ["Model", "Supervisor"] + list(titles.values()) + [f"PGR {v}" for v in titles.values()]
     lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in results["table_rows"]:
@@ -805,6 +851,49 @@ def _plot_misfit(results, path):
     _save(fig, path)
 
 
+def _plot_sweep(results, path):
+    """Burns et al.'s Figure 3 shape: test accuracy against the strong model's parameters (log scale), one line per
+    weak supervisor and student method, the ceilings' line; beside it the PGR grid of each method as a heatmap."""
+    from matplotlib.figure import Figure
+    sizes, n_params = results["sweep"], results["n_params"]
+    methods = list(dict.fromkeys(st["method"] for st in results["students"] if st["name"] in results["summary"]["pgr"]))
+    runs = results["summary"]["runs"]
+    fig = Figure(figsize=(5 * (1 + len(methods)), 4.2))
+    axes = fig.subplots(1, 1 + len(methods), squeeze=False)[0]
+    ax = axes[0]
+    ceilings = [(n_params.get(s), runs[f"{s}/ceiling"]["accuracy"]["mean"]) for s in sizes[1:] if f"{s}/ceiling" in runs]
+    if ceilings:
+        ax.plot(*zip(*ceilings), "k--o", label="ceiling")
+    for method in methods:
+        for w in sizes[:-1]:
+            points = [(n_params.get(st["pair"][1]), runs[st["name"]]["accuracy"]["mean"]) for st in results["students"]
+                      if st["method"] == method and st["pair"][0] == w and st["name"] in runs]
+            if points:
+                ax.plot(*zip(*sorted(points)), "-o", label=f"{method} from {w}")
+    ax.set_xscale("log")
+    ax.set_xlabel("strong model parameters")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    pgr_cells = {}
+    for st in results["students"]:
+        if st["name"] in results["summary"]["pgr"]:
+            pgr_cells.setdefault(st["method"], {})[tuple(st["pair"])] = results["summary"]["pgr"][st["name"]]["accuracy"]["mean"]
+    for ax, method in zip(axes[1:], methods):
+        grid = np.array([[_or_nan(pgr_cells[method].get((w, s))) for s in sizes[1:]] for w in sizes[:-1]], dtype=float)
+        image = ax.imshow(grid, cmap="viridis", vmin=min(0, np.nanmin(grid)) if np.isfinite(grid).any() else 0,
+                          vmax=max(1, np.nanmax(grid)) if np.isfinite(grid).any() else 1)
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", color="white", fontsize=8)
+        ax.set_xticks(range(len(sizes) - 1), sizes[1:], rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(sizes) - 1), sizes[:-1], fontsize=8)
+        ax.set_title(f"PGR (accuracy): {method}")
+        ax.set_xlabel("strong")
+        ax.set_ylabel("weak")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def write_results(out_dir, results):
     """OUT/results.json, OUT/results.md and, when matplotlib is importable, OUT/results.png (and results_misfit.png
     for classification); each written to a temporary file first and renamed, so a reader never sees half a file."""
@@ -819,6 +908,8 @@ def write_results(out_dir, results):
         _plot(results, out_dir / "results.png")
         if results["summary"].get("diagnostics"):
             _plot_misfit(results, out_dir / "results_misfit.png")
+        if results.get("sweep"):
+            _plot_sweep(results, out_dir / "results_sweep.png")
 
 
 def score_experiment(out_dir, scorer_name):

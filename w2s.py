@@ -28,6 +28,7 @@ OUT/results.json, OUT/results.md, OUT/results.png, covering every seed of the ex
 """
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,8 @@ class W2SConfig:
     jobs: int = 1               # stages run at once, each in its own worker process (one GPU each, round robin)
     print_commands: bool = False  # print every stage's train.py command in dependency order, run nothing
     genft_epochs: int = 1       # the genft student's language-model epochs on w2s_train's texts
+    sizes: str = ""             # comma-separated models, smallest first: a sweep of every pair weak < strong
+    chain: str = ""             # comma-separated intermediate models: weak -> each -> strong (Burns et al.'s bootstrapping)
 
 
 @dataclass
@@ -103,52 +106,99 @@ class Stage:
 # ----------------------------------------------------------------------------------------------------------------
 # the experiment: its stages, and what eval.py compares
 
-def stages_of_seed(cfg, base, kind, seed, weak_model, strong_model):
-    """The stages of one seed in dependency order, the runs eval.py evaluates and the student comparisons
-    (runs and comparisons are named relative to the seed directory)."""
+def stages_of_seed(cfg, base, kind, seed, models, chain=()):
+    """The stages of one seed in dependency order, the runs eval.py evaluates and the student comparisons (named
+    relative to the seed directory). `models` are model specs, smallest first: one pair [weak, strong] (flat layout:
+    weak/, ceiling/, student_naive/), or a sweep, where every model but the largest supervises (<label>/weak,
+    <label>/ensemble), every model but the smallest has a ceiling (<label>/ceiling), and every pair weak < strong has
+    its students (<weak>__<strong>/student_naive, ...), each model trained once and reused by every pair. `chain`:
+    intermediate models for Burns et al.'s bootstrapping, weak -> chain[0] -> ... -> strong (chain/1_<label>, ...)."""
     seed_dir = f"seed{seed}"
     students = student_names(cfg, kind)
     knobs = dataclasses.asdict(base)
     base = dataclasses.replace(base, seed=seed, **{k: getattr(train.TrainConfig, k) for k in KNOBS})
     ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
+    sweep = bool(cfg.sizes)
+    label = {m: model_label(m) for m in list(models) + list(chain)}
     stages, runs, comparisons = [], [], []
 
-    def add(path, stage_cfg, needs=(), run=True, table=True, extra_runs=()):
+    def add(path, stage_cfg, needs=(), run=True, table=True, extra_runs=(), model=None):
         """A stage; its own run (and `extra_runs`: {name: path} of runs it writes below itself) for eval.py."""
         own = {path: path} if run else {}
         stages.append(Stage(f"{seed_dir}/{path}", dataclasses.replace(stage_cfg, out=""), [f"{seed_dir}/{n}" for n in needs],
                             [f"{seed_dir}/{p}" for p in (own | dict(extra_runs)).values()] if kind == "generation" else []))
-        runs.extend({"name": name, "path": p, "stage": path, "table": table} for name, p in (own | dict(extra_runs)).items())
+        runs.extend({"name": name, "path": p, "stage": path, "table": table, "model": label.get(model, model)}
+                    for name, p in (own | dict(extra_runs)).items())
 
-    add("weak", dataclasses.replace(base, role="weak", model=weak_model, contrastive="contrastive" in students),
-        extra_runs={"contrastive": "weak/contrastive"} if "contrastive" in students else {})
-    if ensemble > 1:
-        for k in range(ensemble):  # a generation vote decodes with the members: they keep their weights
-            add(f"ensemble/member{k}", dataclasses.replace(base, role="weak", model=weak_model, member=k,
-                                                           save_checkpoint=base.save_checkpoint or kind == "generation"),
-                table=False)
-        add("ensemble", dataclasses.replace(base, role="weak", model=weak_model, ensemble=ensemble),
-            needs=[f"ensemble/member{k}" for k in range(ensemble)], run=False,
-            extra_runs={f"ensemble/{how}": f"ensemble/{how}" for how in ("hard", "soft")})
-    add("ceiling", dataclasses.replace(base, role="ceiling", model=strong_model))
-    for s in students:
-        supervisor, settings = STUDENTS[s]
-        settings = settings | {k: knobs[k] for k, users in KNOBS.items() if s in users}
-        settings |= {"genft_epochs": cfg.genft_epochs} if s == "genft" else {}
-        source = "weak/contrastive" if s == "contrastive" else supervisor
-        labels = f"{seed_dir}/ensemble" if s == "learned" else f"{seed_dir}/{source}/predictions.json"
-        student = dataclasses.replace(base, role="student", model=strong_model, weak_labels=labels, **settings)
-        needs = ["ensemble" if supervisor.startswith("ensemble/") else "weak" if s == "contrastive" else supervisor]
-        if s == "selective":  # its cross-fitting folds are stages of their own
-            for k in (0, 1):
-                add(f"student_selective/fold{k}", dataclasses.replace(student, selective=False, fold=k), needs, run=False)
-            needs = [f"student_selective/fold{k}" for k in (0, 1)]
-        add(f"student_{s}", student, needs)
-        comparisons.append({"name": f"student_{s}", "supervisor": supervisor, "ceiling": "ceiling",
-                            "trained_on": supervisor, "method": s})
-    order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students] + ["ceiling"]
-    runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else -1)
+    for weak in models[:-1]:  # every model but the largest supervises
+        at = f"{label[weak]}/" if sweep else ""
+        add(f"{at}weak", dataclasses.replace(base, role="weak", model=weak, contrastive="contrastive" in students),
+            extra_runs={f"{at}contrastive": f"{at}weak/contrastive"} if "contrastive" in students else {}, model=weak)
+        if ensemble > 1:
+            for k in range(ensemble):  # a generation vote decodes with the members: they keep their weights
+                add(f"{at}ensemble/member{k}", dataclasses.replace(
+                    base, role="weak", model=weak, member=k, save_checkpoint=base.save_checkpoint or kind == "generation"),
+                    table=False, model=weak)
+            add(f"{at}ensemble", dataclasses.replace(base, role="weak", model=weak, ensemble=ensemble),
+                needs=[f"{at}ensemble/member{k}" for k in range(ensemble)], run=False, model=weak,
+                extra_runs={f"{at}ensemble/{how}": f"{at}ensemble/{how}" for how in ("hard", "soft")})
+    for strong in models[1:]:  # every model but the smallest has a ceiling
+        add(f"{label[strong]}/ceiling" if sweep else "ceiling", dataclasses.replace(base, role="ceiling", model=strong),
+            model=strong)
+    for i, weak in enumerate(models):
+        for strong in models[i + 1:]:
+            at_weak, at_strong = (f"{label[weak]}/", f"{label[strong]}/") if sweep else ("", "")
+            at_pair = f"{label[weak]}__{label[strong]}/" if sweep else ""
+            for s in students:
+                supervisor, settings = STUDENTS[s]
+                settings = settings | {k: knobs[k] for k, users in KNOBS.items() if s in users}
+                settings |= {"genft_epochs": cfg.genft_epochs} if s == "genft" else {}
+                source = "weak/contrastive" if s == "contrastive" else supervisor
+                labels = f"{seed_dir}/{at_weak}ensemble" if s == "learned" else f"{seed_dir}/{at_weak}{source}/predictions.json"
+                student = dataclasses.replace(base, role="student", model=strong, weak_labels=labels, **settings)
+                needs = [at_weak + ("ensemble" if supervisor.startswith("ensemble/") else "weak" if s == "contrastive"
+                                    else supervisor)]
+                if s == "selective":  # its cross-fitting folds are stages of their own
+                    for k in (0, 1):
+                        add(f"{at_pair}student_selective/fold{k}", dataclasses.replace(student, selective=False, fold=k),
+                            needs, run=False, model=strong)
+                    needs = [f"{at_pair}student_selective/fold{k}" for k in (0, 1)]
+                add(f"{at_pair}student_{s}", student, needs, model=strong)
+                comparisons.append({"name": f"{at_pair}student_{s}", "supervisor": at_weak + supervisor,
+                                    "ceiling": f"{at_strong}ceiling", "trained_on": at_weak + supervisor, "method": s,
+                                    "pair": [label[weak], label[strong]]})
+    if chain:
+        chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir)
+    if not sweep:  # a pair's table reads supervisors, then students, then the ceiling
+        order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students]
+        runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order) + (r["name"] == "ceiling"))
     return stages, runs, comparisons
+
+
+def chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir):
+    """Burns et al.'s bootstrapping: the weak model's labels train chain[0], whose predictions on w2s_train train
+    chain[1], ..., and finally the strong model; its row is compared (PGR) with the original weak model and the
+    strong ceiling."""
+    path = [models[0], *chain, models[-1]]
+    at = (lambda m: f"{label[m]}/") if sweep else (lambda m: "")
+    previous = trained_on = f"{at(path[0])}weak"
+    name = "chain:" + ">".join(label[m] for m in path)
+    for i, model in enumerate(path[1:], start=1):
+        stage, last = f"chain/{i}_{label[model]}", i == len(path) - 1
+        add(stage, dataclasses.replace(base, role="student", model=model,
+                                       weak_labels=f"{seed_dir}/{previous}/predictions.json"), [previous], model=model,
+            run=not last, extra_runs={name: stage} if last else {})
+        trained_on, previous = previous, stage
+    comparisons.append({"name": name, "supervisor": f"{at(path[0])}weak", "ceiling": f"{at(path[-1])}ceiling",
+                        "trained_on": trained_on, "method": "chain", "pair": [label[path[0]], label[path[-1]]]})
+
+
+def model_label(spec):
+    """A short, path-safe name for a model in a sweep's layout and tables: toy-s, gpt2-medium, random-2x64, a
+    directory's own name."""
+    local = Path(spec).expanduser()
+    name = local.name if local.is_dir() else spec
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
 def student_names(cfg, kind):
@@ -177,7 +227,7 @@ def describe(cfg, base, task, models):
 def experiment_record(cfg, base, task, scorer_name, models):
     """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
     settings = {k: v for k, v in train.comparable(base).items() if k not in PER_STAGE}
-    return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()},
+    return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
             "train": settings, "students": student_names(cfg, task.kind),
             "ensemble": cfg.ensemble, "scorer": scorer_name}
@@ -267,7 +317,8 @@ def _start_worker(stage, out, slot, gpus, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
-    log = out / (stage.path.replace("/", "_") + ".worker.log")
+    log = out / stage.path / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         proc = subprocess.Popen(command(stage, out, sys.executable) + ["--quiet"], stdout=f, stderr=subprocess.STDOUT,
                                 env=env)
@@ -311,6 +362,29 @@ def default_models(task_name, kind):
     return own or {"weak": train.DEFAULT_MODELS[kind]["weak"], "strong": train.DEFAULT_MODELS[kind]["strong"]}
 
 
+def experiment_models(cfg, base, kind):
+    """(models smallest first, chain): --sizes, or the pair --weak / --strong (each defaulting to the task's or the
+    paper's model), and the chain's intermediate models."""
+    chain = [m for m in cfg.chain.split(",") if m]
+    if cfg.sizes:
+        if cfg.weak or cfg.strong:
+            raise UserError("argument --sizes: give either --sizes or --weak / --strong, not both")
+        specs = [m for m in cfg.sizes.split(",") if m]
+        if len(specs) < 2:
+            raise UserError(f"argument --sizes: a sweep needs at least two models, smallest first (got {cfg.sizes!r})")
+    else:
+        defaults = default_models(base.task, kind)
+        specs = [cfg.weak or defaults["weak"], cfg.strong or defaults["strong"]]
+    for flag, listed in (("sizes", specs), ("chain", chain + specs[:1] + specs[-1:])):
+        labels = [model_label(m) for m in listed]
+        if len(set(labels)) < len(labels):
+            raise UserError(f"argument --{flag}: models must differ, and a chain's from the weak and strong model "
+                            f"(labels {labels}); give distinct directories")
+    if chain and kind == "generation":
+        raise UserError("argument --chain: bootstrapping chains are for classification tasks")
+    return specs, chain
+
+
 def model_record(spec, data_dir, quiet):
     source, _ = train.resolve_model(spec, data_dir, quiet)
     return {"spec": spec, "identity": rundir.model_identity(source)}
@@ -320,10 +394,10 @@ def run_experiment(cfg, base, out):
     # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
     task = train.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
     kind = task.kind
-    defaults = default_models(base.task, kind)
-    weak_model, strong_model = cfg.weak or defaults["weak"], cfg.strong or defaults["strong"]
-    models = {"weak": model_record(weak_model, base.data_dir, base.quiet),
-              "strong": model_record(strong_model, base.data_dir, base.quiet)}
+    specs, chain = experiment_models(cfg, base, kind)
+    roles = {spec: model_label(spec) for spec in specs} if cfg.sizes else dict(zip(specs, ("weak", "strong")))
+    models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in roles.items()}
+    models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
     scorer = w2s_eval.toxicity_scorer(cfg.scorer, task) if kind == "generation" else None
     experiment = experiment_record(cfg, base, task, scorer.name if scorer else None, models)
@@ -336,11 +410,12 @@ def run_experiment(cfg, base, out):
             rundir.remove_leftovers(out)
             stages, listing = [], None
             for seed in seeds:
-                seed_stages, runs, comparisons = stages_of_seed(cfg, base, kind, seed, weak_model, strong_model)
+                seed_stages, runs, comparisons = stages_of_seed(cfg, base, kind, seed, specs, chain)
                 stages += seed_stages
                 listing = listing or (runs, comparisons)
             rundir.write_experiment(out, {"format": 1, "experiment": experiment, "seeds": seeds, "kind": kind,
                                           "data_dir": base.data_dir, "description": describe(cfg, base, task, models),
+                                          "sweep": [model_label(s) for s in specs] if cfg.sizes else None,
                                           "runs": listing[0], "students": listing[1]})
             if cfg.print_commands:
                 for stage in stages:
@@ -357,8 +432,8 @@ def run_experiment(cfg, base, out):
                 shutil.rmtree(created, ignore_errors=True)
             raise
         results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
-        results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base),
-                             "weak_model": weak_model, "strong_model": strong_model}
+        results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base), "models": specs,
+                             "chain": chain}
         w2s_eval.write_results(out, results)
     print((out / "results.md").read_text())
     print(f"results: {', '.join(str(p) for p in sorted(out.glob('results*')))}", flush=True)

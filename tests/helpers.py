@@ -1,5 +1,6 @@
 """Shared by the end-to-end tests: kill a w2s.py run mid-way, and compare results.json content across run dirs."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def kill_w2s_after(args, marker, timeout=120):
     """`python w2s.py ARGS` in a subprocess, SIGKILLed as soon as the file `marker` exists (a stage is done)."""
+    # one thread, as the tests' own process (conftest): the stages it finishes must equal the ones trained in-process
     proc = subprocess.Popen([sys.executable, str(ROOT / "w2s.py")] + args, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + timeout
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, "first stage did not finish"
