@@ -1,12 +1,17 @@
 """The README's entry points run as a new user runs them: `python <script> --help` from the repository root, in a
 plain environment (no PYTHONPATH, no test fixtures), exits 0 and documents the flags the README uses."""
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = Path(__file__).resolve().parents[1]
 FLAGS = {  # flags that the README and the issues name for each script
     "w2s.py": ["--task", "--weak", "--strong", "--ensemble", "--seeds", "--out", "--scorer"],
     "train.py": ["--task", "--role", "--model", "--out", "--data-dir", "--seed", "--device", "--limit",
@@ -26,3 +31,89 @@ def test_script_help_exits_zero_and_lists_the_readme_flags(script):
     assert r.stdout.startswith("usage:")
     missing = [flag for flag in FLAGS[script] if flag not in r.stdout]
     assert not missing, f"{script} --help does not mention {missing}"
+
+
+@pytest.mark.parametrize("script", ["w2s.py", "train.py", "eval.py"])
+def test_help_describes_every_flag_with_its_default(script):
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # one entry per flag: "  --flag ..." then its help text, wrapped; every entry ends with its default
+    entries = re.split(r"\n  (?=-)", r.stdout.split("options:", 1)[1])[1:]
+    flags = [e.split()[0].rstrip(",") for e in entries]
+    assert len(flags) > (40 if script != "eval.py" else 4)
+    for flag, entry in zip(flags, entries):
+        if flag in ("-h", "--help"):
+            continue
+        text = " ".join(entry.split())
+        assert "(default:" in text, f"{script} {flag} shows no default"
+        assert len(text.split(")", 1)[0]) > len(flag) + 12, f"{script} {flag} has no description"
+
+
+def test_w2s_help_lists_the_train_flags_it_passes_on():
+    r = subprocess.run([sys.executable, "w2s.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "training (train.py flags, applied to every stage)" in r.stdout
+    for flag in ("--epochs", "--lr", "--batch-size", "--limit", "--max-length", "--aux-coef", "--protocol"):
+        assert flag in r.stdout.split("training (train.py flags", 1)[1]
+
+
+@pytest.mark.parametrize("script", ["w2s.py", "train.py"])
+def test_abbreviated_flags_are_rejected(script):
+    r = subprocess.run([sys.executable, script, "--epoch", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unrecognized arguments: --epoch 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_random_shape_specs_build_the_shapes_parameter_count():
+    from model import GPT, SHAPES
+    import train
+    for spec, expected in [("random:gpt2", 124_439_808), ("random:2x64", None)]:
+        model = GPT.from_pretrained(spec, n_classes=2) if expected is None else None
+        if expected is None:
+            c = model.config
+            assert (c.n_layer, c.n_embd, c.n_head, c.vocab_size) == (2, 64, 2, 257)
+            d = c.n_embd
+            # a block: two LayerNorms (2d each), qkv (3d^2 + 3d), attention out (d^2 + d), MLP (4d^2 + 4d, 4d^2 + d)
+            per_block = 12 * d * d + 13 * d
+            # embeddings (bytes + <|endoftext|>, 1024 positions), 2 blocks, final LayerNorm, 2-class head (no bias)
+            assert model.num_params() == 257 * d + 1024 * d + 2 * per_block + 2 * d + 2 * d
+        else:  # GPT-2 small's published count (tied embeddings, no classification head); built on the meta device
+            with torch.device("meta"):
+                assert GPT.from_pretrained(spec).num_params() == expected
+    assert set(SHAPES) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt"}
+    source, tokenizer = train.resolve_model("random:gpt2-medium", str(ROOT.parent / "shared" / "data"))
+    assert source == "random:gpt2-medium" and tokenizer.endswith("tokenizers/gpt2")
+    assert train.resolve_model("random:gpt2-medium:/some/tokenizer", None) == ("random:gpt2-medium", "/some/tokenizer")
+    assert train.resolve_model("random:3x96", None) == ("random:3x96", "bytes")
+
+
+@pytest.mark.slow
+def test_installing_puts_no_module_on_other_projects_import_path(tmp_path):
+    # the project's wheel, built offline from a copy of its sources, installed into a fresh venv; then `import model`
+    # and co. from another directory must find nothing (with py-modules = ["model"] they would)
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "tests", "build", "*.egg-info",
+                                                               "__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index",
+                        *map(str, (tmp_path / "wheel").glob("w2s-*.whl"))], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list((venv / "lib").glob("python3*/site-packages/w2s-0.1.0.dist-info"))
+    for module in ("model", "train", "eval", "data", "hub", "losses", "w2s", "cli"):
+        r = subprocess.run([python, "-c", f"import {module}"], cwd=tmp_path, capture_output=True, text=True)
+        assert f"No module named '{module}'" in r.stderr, (module, r.stderr[-500:])
+
+
+def test_an_unreachable_hub_ends_the_run_within_seconds_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens on port 9
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "w2s.py", "--task", "safety", "--data-dir", str(ROOT.parent / "shared" / "data"),
+                        "--weak", "gpt2", "--strong", "gpt2-medium", "--out", str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert time.time() - t0 < 30  # not 25-30 s of retries per file
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "openai-community/gpt2" in errors[0] and "cannot be reached" in errors[0]
