@@ -439,6 +439,17 @@ def _load_scored_runs(seed_dir, listed, scorers, skipped):
     return runs
 
 
+def _member_weights(seed_dir, exp):
+    """{learned student: [its learnt weight of each ensemble member]}, from the students' metrics.json."""
+    weights = {}
+    for st in exp["students"]:
+        run = next((r for r in exp["runs"] if r["name"] == st["name"]), None)
+        record = seed_dir / run["stage"] / "metrics.json" if run else None
+        if st["method"] == "learned" and record and record.is_file():
+            weights[st["name"]] = cli.read_json(record).get("member_weights")
+    return weights
+
+
 def _n_params(out_dir, exp):
     """{model label: parameter count} of a sweep's models, from their first finished stage's config.json."""
     if not exp.get("sweep"):
@@ -549,6 +560,7 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
             runs = _load_runs(seed_dir, exp["runs"], results["skipped"])
             if runs:
                 results["seeds"][str(s)] = _evaluate_classification(runs, exp["students"], n_boot, seed)
+                results["seeds"][str(s)]["member_weights"] = _member_weights(seed_dir, exp)
     if generation:
         results |= {"metrics": list(metric_names), "scorer": next(iter(scorers.values()), None),
                     "toxic_threshold": TOXIC, "lower_is_better": True,
@@ -749,6 +761,27 @@ def _sweep_tables(results):
     return lines + ["", "Every run:", ""]
 
 
+def _member_weights_table(results):
+    """RAVEN's learnt weight of each weak ensemble member, beside that member's own test accuracy."""
+    lines = []
+    first = next(iter(results["seeds"].values()))
+    for student, _ in first.get("member_weights", {}).items():
+        prefix = student.rsplit("student_", 1)[0].split("__")[0]
+        prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+        per_seed = [r["member_weights"][student] for r in results["seeds"].values() if r.get("member_weights", {}).get(student)]
+        if not per_seed:
+            continue
+        lines += ["", f"Learned member weights of {student} (end of training; mean ± std over seeds when several), "
+                      "beside each member's own test accuracy:", "", "| Member | Weight | Member accuracy |", "|---|---|---|"]
+        for k in range(len(per_seed[0])):
+            member = f"{prefix}ensemble/member{k}"
+            w = _summary([ws[k] for ws in per_seed])
+            weight = _fmt(w["mean"]) if len(per_seed) == 1 else f"{_fmt(w['mean'])} ± {_fmt(w['std'])}"
+            accuracy = _run_cell(results, member, "accuracy") if member in results["summary"]["runs"] else "-"
+            lines.append(f"| {member} | {weight} | {accuracy} |")
+    return lines
+
+
 def format_table(results):
     """Markdown table shaped like Ye et al.'s Table 1: one row per model, PGR (with its 95% CI for one seed, mean
     +- std over seeds otherwise) for the students; then the students' diagnostics."""
@@ -778,6 +811,7 @@ def format_table(results):
         lines.append("| " + " | ".join(row) + " |")
     lines += _gap_table(results, list(TABLE_METRICS), list(titles.values()))
     lines += _diagnostics_table(results)
+    lines += _member_weights_table(results)
     lines += [""] + [f"- skipped {s}" for s in results.get("skipped", [])]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -121,6 +121,8 @@ def stage_status(out, config, inputs):
 def verified(stage_dir, name):
     """Path of output `name` of a finished stage, after checking it against the sha256 the stage recorded."""
     stage_dir = Path(stage_dir)
+    if not (stage_dir / "metrics.json").is_file():
+        raise UserError(f"{stage_dir} has not finished (no metrics.json): run that stage first")
     metrics = read_json(stage_dir / "metrics.json")
     digest = metrics.get("outputs", {}).get(name)
     path = stage_dir / name

@@ -650,7 +650,7 @@ def lm_warm_start(model, texts, cfg, rt, tok, max_len):
     bar = cli.progress(total, f"{rt.name} genft", quiet=cfg.quiet or not rt.master)
     model.train()
     for epoch in range(cfg.genft_epochs):
-        for batch in bucketed_batches([len(s) for s in seqs], cfg.batch_size, seed=cfg.seed, epoch=-1 - epoch):
+        for batch in bucketed_batches([len(s) for s in seqs], cfg.batch_size, seed=cfg.seed, epoch=10_000 + epoch):
             idx, mask = collate([seqs[i] for i in batch], tok.pad_token, rt.device)
             targets = lm_targets([(seqs[i], 0) for i in batch], idx.shape[1], rt.device, "all")
             with rt.autocast:

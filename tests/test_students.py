@@ -1,0 +1,102 @@
+"""Student methods inside train.py (the losses and label transforms themselves are tested in test_losses.py and
+test_labels.py): generative fine-tuning never sees a label, --select final predicts with the last weights, the
+selective student replaces exactly the confident weak labels, the learned student writes its member weights."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import labels
+import train
+from cli import UserError
+
+COMMON = ["--task", "safety", "--limit", "24", "--max-length", "32", "--epochs", "2", "--batch-size", "8",
+          "--lr", "1e-3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, save_tiny_gpt):
+    d = tmp_path_factory.mktemp("models")
+    return save_tiny_gpt(d / "weak", 1, 16), save_tiny_gpt(d / "strong", 2, 32)
+
+
+def run(shared_data, out, *args):
+    return train.run(train.parse_args(COMMON + ["--data-dir", str(shared_data), "--out", str(out), *args]))
+
+
+@pytest.fixture
+def weak_labels(shared_data, models, tmp_path):
+    run(shared_data, tmp_path / "weak", "--role", "weak", "--model", models[0])
+    return tmp_path / "weak" / "predictions.json"
+
+
+def test_genft_learns_the_texts_and_never_sees_a_label(shared_data, models, weak_labels, tmp_path, monkeypatch):
+    # two students on opposite weak labels: after the language-model phase their weights must be identical
+    flipped = json.loads(weak_labels.read_text())
+    for split in flipped.values():
+        split["probs"] = [p[::-1] for p in split["probs"]]
+    (tmp_path / "flipped.json").write_text(json.dumps(flipped))
+    after_lm = []
+
+    def stop_after_warm_start(cfg, job, rt, model):
+        after_lm.append({k: v.clone() for k, v in model.state_dict().items()})
+        raise KeyboardInterrupt  # the classification phase is not what this test is about
+    monkeypatch.setattr(train, "train_loop", stop_after_warm_start)
+    for i, labels_file in enumerate((weak_labels, tmp_path / "flipped.json")):
+        with pytest.raises(KeyboardInterrupt):
+            run(shared_data, tmp_path / f"genft{i}", "--role", "student", "--model", models[1], "--genft-epochs", "2",
+                "--weak-labels", str(labels_file))
+    pretrained = train.GPT.from_pretrained(models[1], n_classes=2).state_dict()
+    assert all(torch.equal(after_lm[0][k], after_lm[1][k]) for k in pretrained)
+    assert not torch.equal(after_lm[0]["transformer.wte.weight"], pretrained["transformer.wte.weight"])
+
+
+def test_select_final_predicts_with_the_last_weights(shared_data, models, weak_labels, tmp_path, monkeypatch):
+    # val loss made to rise at every evaluation: "best" keeps the first evaluation's weights, "final" the last ones
+    losses = iter(np.arange(1, 100, dtype=float))
+    monkeypatch.setattr(train, "evaluate_loss", lambda *a, **k: next(losses))
+    base = ["--role", "ceiling", "--model", models[1], "--patience", "100"]
+    best = run(shared_data, tmp_path / "best", *base)
+    final = run(shared_data, tmp_path / "final", *base, "--select", "final")
+    assert best["best_step"] < best["steps"] == final["steps"] == final["best_step"]
+    assert final["select"] == "final" and best["select"] == "best"
+    # the same weights as "best" when the last evaluation is the best one
+    losses = iter(np.arange(100, 1, -1, dtype=float))
+    last_is_best = run(shared_data, tmp_path / "last_is_best", *base)
+    probs = {name: json.loads((tmp_path / name / "predictions.json").read_text())["test"]["probs"]
+             for name in ("best", "final", "last_is_best")}
+    assert probs["final"] == probs["last_is_best"] != probs["best"]
+
+
+def test_selective_student_replaces_exactly_the_confident_weak_labels(shared_data, models, weak_labels, tmp_path):
+    out = tmp_path / "student_selective"
+    base = ["--role", "student", "--model", models[1], "--weak-labels", str(weak_labels), "--selective", "--knn", "3"]
+    # the threshold: the median confidence of the folds' cross-fitted labels, so about half are replaced
+    with pytest.raises(UserError, match="fold0 has not finished"):  # no folds yet: prepare() cannot read them ...
+        train.prepare(train.parse_args(COMMON + ["--data-dir", str(shared_data), "--out", str(out), *base]))
+    for k in (0, 1):  # ... so train them first, as run() would
+        run(shared_data, out / f"fold{k}", "--role", "student", "--model", models[1], "--weak-labels", str(weak_labels),
+            "--fold", str(k))
+    rows = json.loads(weak_labels.read_text())["w2s_train"]
+    halves = labels.cross_fit_halves(len(rows["ids"]), 0)
+    strong = np.zeros((len(rows["ids"]), 2))
+    for k in (0, 1):
+        fold = json.loads((out / f"fold{k}" / "predictions.json").read_text())["w2s_train"]
+        assert fold["ids"] == rows["ids"]
+        strong[halves[1 - k]] = np.asarray(fold["probs"])[halves[1 - k]]  # each half labelled by the other fold
+    confidence = float(np.median(strong.max(1)))
+    metrics = run(shared_data, out, *base, "--confidence", str(confidence))
+    assert metrics["n_replaced"] == int((strong.max(1) >= confidence).sum()) > 0
+    assert metrics["n_replaced"] + metrics["n_smoothed"] == len(rows["ids"])
+
+
+def test_learned_student_writes_its_member_weights(shared_data, models, tmp_path):
+    run(shared_data, tmp_path / "ensemble", "--role", "weak", "--model", models[0], "--ensemble", "3")
+    metrics = run(shared_data, tmp_path / "student_learned", "--role", "student", "--model", models[1], "--learned",
+                  "--member-lr", "0.5")
+    weights = metrics["member_weights"]
+    assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-5 and weights != [1 / 3] * 3
+    with pytest.raises(UserError, match="--learned needs a weak ensemble of at least 2 members"):
+        run(shared_data, tmp_path / "elsewhere" / "student_learned", "--role", "student", "--model", models[1],
+            "--learned")
