@@ -305,8 +305,10 @@ def default_models(task_name, kind):
 
 
 def model_record(spec, data_dir, quiet):
-    source, _ = train.resolve_model(spec, data_dir, quiet)
-    return {"spec": spec, "identity": rundir.model_identity(source)}
+    source, tokenizer = train.resolve_model(spec, data_dir, quiet)
+    identity = rundir.model_identity(source)  # refuses an unreadable checkpoint before OUT is made
+    train.load_tokenizer(tokenizer)  # and its tokenizer
+    return {"spec": spec, "identity": identity}
 
 
 def run_experiment(cfg, base, out):

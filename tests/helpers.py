@@ -49,3 +49,25 @@ def write_experiment_json(out, seeds, runs, students, kind="classification", des
               "students": [{"name": s, "supervisor": sup, "ceiling": ceil, "trained_on": sup, "method": s}
                            for s, (sup, ceil) in students.items()]}
     (Path(out) / "experiment.json").write_text(json.dumps(record))
+
+
+def run_script(script, args, env=None, timeout=120, cwd=ROOT):
+    """`python SCRIPT ARGS` (from the repository root unless `cwd`), as a user runs it: (exit status, stdout,
+    stderr). `env` adds to the environment."""
+    import os
+    r = subprocess.run([sys.executable, str(ROOT / script)] + [str(a) for a in args], cwd=cwd, capture_output=True,
+                       text=True, timeout=timeout, env=None if env is None else dict(os.environ, **env))
+    return r.returncode, r.stdout, r.stderr
+
+
+def stage_stamps(out):
+    """{stage path relative to OUT: its metrics.json's mtime}: what says which stages a rerun retrained."""
+    out = Path(out)
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+
+
+def strict_json(text):
+    """json.loads that refuses NaN, Infinity and -Infinity (Python's json accepts them; JSON does not)."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
