@@ -170,9 +170,12 @@ def describe(cfg, base, task, models):
 def experiment_record(cfg, base, task, scorer_name, models):
     """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
     settings = {k: v for k, v in train.comparable(base).items() if k not in PER_STAGE}
+    students = student_names(cfg, task.kind)
+    if "genft" in students:  # the one w2s.py flag that changes a stage's numbers
+        settings["genft_epochs"] = cfg.genft_epochs
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()},
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
-            "train": settings, "students": student_names(cfg, task.kind),
+            "train": settings, "students": students,
             "ensemble": cfg.ensemble if task.kind == "classification" else 0, "scorer": scorer_name}
 
 

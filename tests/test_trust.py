@@ -84,6 +84,24 @@ def test_changed_flag_is_refused_naming_the_key_and_nothing_is_retrained(run, ca
     assert stage_stamps(out) == stamps and (out / "experiment.json").read_bytes() == experiment
 
 
+@pytest.mark.parametrize("flags, keys", [
+    (["--genft-epochs", "2"], ["train.genft_epochs 1 -> 2"]),
+    (["--aux-coef", "0.5"], ["train.aux_coef 0.75 -> 0.5"]),
+    (["--ensemble", "3"], ["ensemble 2 -> 3"]),
+    (["--students", "naive,genft"], ["students"]),
+    (["--limit", "30"], ["data.limit 24 -> 30", "train.limit 24 -> 30"]),
+    (["--strong", "random:1x16"], ["models.strong.sha256", "models.strong.random"]),
+    (["--select", "final"], ["train.select best -> final"]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else None)
+def test_each_number_changing_flag_is_part_of_the_experiment(shared_data, models, tmp_path, capsys, flags, keys):
+    """--print-commands records the experiment without training: enough to see what a rerun compares."""
+    out = tmp_path / "run"
+    argv = args_of(shared_data, *models, out, "--students", "naive,logconf,hard,genft", "--print-commands")
+    w2s.main(argv)
+    code, err = guarded(w2s.main, argv + flags, capsys)
+    assert code == 2 and len(err) == 1 and all(k in err[0] for k in keys), err
+
+
 def test_overwrite_deletes_the_old_stages_and_records_the_new_experiment(run, capsys):
     out, args = run
     new = args + ["--epochs", "2", "--ensemble", "0", "--students", "naive", "--overwrite"]
