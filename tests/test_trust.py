@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import cli
 import eval as w2s_eval
 import train
 import w2s
-from helpers import ROOT, run_script, stage_stamps, strict_json, without_paths
+from helpers import ROOT, one_thread_env, run_script, stage_stamps, strict_json, without_paths
 
 STAGES = {"seed0/weak", "seed0/ensemble/member0", "seed0/ensemble/member1", "seed0/ensemble", "seed0/ceiling",
           "seed0/student_naive", "seed0/student_hard"}
@@ -64,9 +65,11 @@ def run(base, models, shared_data, tmp_path):
 
 
 def guarded(main, argv, capsys):
-    """`main(argv)` as its script's __main__ runs it (cli.main_guard): (exit status, stderr lines)."""
+    """`main(argv)` as its script's __main__ runs it (cli.main_guard): (exit status, stderr lines). Data warnings
+    are not counted here (test_data_warnings_print_once_per_run counts them)."""
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit) as exit_, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         cli.main_guard(lambda: main(argv))
     return exit_.value.code, capsys.readouterr().err.strip().splitlines()
 
@@ -178,6 +181,30 @@ def test_tampered_weak_labels_retrain_the_weak_stage_and_its_students_only(base,
     assert without_paths(results) == without_paths(base[1])
 
 
+@pytest.mark.parametrize("tampered, downstream", [
+    ("ensemble/member0/predictions.json", {"seed0/ensemble/member0", "seed0/ensemble", "seed0/student_hard"}),
+    ("ensemble/hard/predictions.json", {"seed0/ensemble", "seed0/student_hard"}),
+    ("ceiling/config.json", {"seed0/ceiling"}),
+])
+def test_a_tampered_file_retrains_its_stage_and_exactly_the_stages_downstream(base, run, tampered, downstream):
+    out, args = run
+    stamps = stage_stamps(out)
+    truncate(out / "seed0" / tampered)
+    results = w2s.main(args)
+    after = stage_stamps(out)
+    assert {s for s in stamps if after[s] != stamps[s]} == downstream
+    assert without_paths(results) == without_paths(base[1])
+
+
+def test_eval_refuses_a_tampered_predictions_file_naming_it(run, capsys):
+    out, _ = run
+    swap_probabilities(out / "seed0" / "student_naive" / "predictions.json")
+    results = (out / "results.json").read_bytes()
+    line = assert_refused(w2s_eval.main, [str(out), "--n-boot", "20"], capsys, out)
+    assert str(out / "seed0" / "student_naive" / "predictions.json") in line and "sha256" in line
+    assert (out / "results.json").read_bytes() == results  # the old results stand, not overwritten with tampered ones
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # settings and inputs refused before any work, in one line, leaving no directory
 
@@ -214,6 +241,12 @@ def assert_refused(main, argv, capsys, where, argparse_error=False):
     (["--temperature", "-1"], "argument --temperature: must be >= 0"),
     (["--limit", "1"], "argument --limit: must be at least 2"),
     (["--ensemble", "-1"], "argument --ensemble: must be >= 0"),
+    (["--grad-accum", "0"], "argument --grad-accum: must be at least 1"),
+    (["--max-length", "1"], "argument --max-length: must leave room"),
+    (["--samples", "0"], "argument --samples: must be at least 1"),
+    (["--seeds", "0", "0"], "argument --seeds: must be distinct"),
+    (["--n-boot", "0"], "argument --n-boot: must be at least 1"),
+    (["--students", "naive,bogus"], "argument --students: unknown ['bogus']"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_nonsense_setting_is_refused_before_any_work(shared_data, models, no_training, capsys, flags, message):
     argv = args_of(shared_data, *models, "runs/safety") + flags
@@ -337,13 +370,14 @@ def test_pgr_is_na_with_the_gap_when_the_ceiling_equals_the_supervisor(shared_da
 # ----------------------------------------------------------------------------------------------------------------
 # one run per directory; leftovers of killed runs; strict JSON
 
-def test_second_concurrent_run_is_refused_at_once_naming_the_first_ones_pid(shared_data, tmp_path, capsys):
+def test_second_concurrent_run_is_refused_at_once_naming_the_first_ones_pid(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("the second run started a stage"))
     out = tmp_path / "run"
     argv = ["--task", "safety", "--data-dir", shared_data, "--limit", "24", "--weak", "random:1x16", "--strong",
             "random:1x16", "--ensemble", "0", "--students", "naive", "--out", out, "--max-length", "32",
             "--epochs", "100000", "--patience", "100000", "--batch-size", "8", "--quiet"]
     first = subprocess.Popen([sys.executable, str(ROOT / "w2s.py")] + list(map(str, argv)), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=one_thread_env())
     try:
         deadline = time.time() + 120
         while not (out / "seed0" / "weak").is_dir():  # made by the first stage, under the run's lock
