@@ -317,6 +317,7 @@ def model_record(spec, data_dir, quiet):
 def run_experiment(cfg, base, out):
     # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
     task = train.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
+    train.check_for_task(base, task)
     kind = task.kind
     defaults = default_models(base.task, kind)
     weak_model, strong_model = cfg.weak or defaults["weak"], cfg.strong or defaults["strong"]

@@ -247,6 +247,10 @@ def assert_refused(main, argv, capsys, where, argparse_error=False):
     (["--seeds", "0", "0"], "argument --seeds: must be distinct"),
     (["--n-boot", "0"], "argument --n-boot: must be at least 1"),
     (["--students", "naive,bogus"], "argument --students: unknown ['bogus']"),
+    (["--grad-accum", "3"], "argument --batch-size: must be a multiple of world size 1 x --grad-accum 3 (got 8)"),
+    (["--device", "foo"], "argument --device: not a device"),
+    pytest.param(["--device", "cuda"], "argument --device: CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_nonsense_setting_is_refused_before_any_work(shared_data, models, no_training, capsys, flags, message):
     argv = args_of(shared_data, *models, "runs/safety") + flags
@@ -290,6 +294,8 @@ BAD_INPUTS = {  # name: (what to change in a good command line, what the one err
                             "garbage_config/config.json"),
     "model without tokenizer": (lambda t, s: {"--strong": broken_model(t, s, "no_tokenizer")},
                                 "no_tokenizer holds no tokenizer"),
+    "generation prompt does not fit": (lambda t, s: {"--task": "toxicity", "--max-length": 10},
+                                       "argument --max-length: must exceed --max-new-tokens 20"),
     "limit leaves a split one class": (lambda t, s: {"--data-dir": rare_unsafe_csv(t), "--limit": 3},
                                        "split 'weak_train' has no example of class ['unsafe'] with --limit 3"),
     "csv missing column": (lambda t, s: {"--data-dir": bad_csv(t, b"prompt,safe\nhi,True\n")},
