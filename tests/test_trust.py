@@ -19,6 +19,7 @@ import torch
 
 import cli
 import eval as w2s_eval
+import rundir
 import train
 import w2s
 from helpers import ROOT, one_thread_env, run_script, stage_stamps, strict_json, without_paths
@@ -358,8 +359,8 @@ def test_entry_points_end_expected_errors_with_exit_2_and_one_line(tmp_path, scr
 
 
 def test_data_warnings_print_once_per_run(shared_data, tmp_path):
-    """Two seeds load the data twice and every stage asks for it; -W always turns off Python's own deduplication,
-    so the count is w2s's doing."""
+    """Two seeds load the data twice and every stage asks for it; PYTHONWARNINGS=always turns off Python's own
+    once-per-location deduplication, so the count is w2s's doing (data.common.warn_once)."""
     code, out, err = run_script("w2s.py", [
         "--task", "safety", "--data-dir", shared_data, "--limit", "24", "--weak", "random:1x16", "--strong",
         "random:1x16", "--ensemble", "0", "--students", "naive", "--seeds", "0", "1", "--out", tmp_path / "run",
@@ -417,14 +418,16 @@ def test_second_concurrent_run_is_refused_at_once_naming_the_first_ones_pid(shar
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    with rundir.locked(out):  # the kernel released the killed run's lock: the directory is not stuck
+        pass
 
 
 def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(run, capsys):
     out, args = run
     stamps = stage_stamps(out)
-    orphan = out / "seed0" / "student_naive" / f"ckpt.tmp{12345}"
-    orphan.mkdir()
-    (orphan / "model.safetensors").write_bytes(b"half")
+    orphan = out / "seed0.tmp12345"  # an atomic directory write (x.tmp<pid>), killed half way
+    (orphan / "weak").mkdir(parents=True)
+    (orphan / "weak" / "model.safetensors").write_bytes(b"half")
     half = out / "seed0" / "weak" / "predictions.json.tmp"
     half.write_text('{"test": {"ids": [')
     w2s.main(args)
