@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
@@ -213,11 +213,7 @@ class GPT(nn.Module):
         if str(name_or_path).startswith("random:"):
             return cls(random_config(str(name_or_path), n_classes))
         config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
-        try:
-            hf = json.loads(Path(config_file).read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read model config {config_file}: {e}") from None
-        model = cls(_config_from_hf(hf, config_file, n_classes))
+        model = cls(_config_from_hf(_read_config(config_file), config_file, n_classes))
         try:
             state = load_file(weights_file)
         except (SafetensorError, OSError) as e:
@@ -309,6 +305,29 @@ def _hub_name(name, gpt1):
 def hub_repo(name):
     """The Hub repository of a model name: the paper's models live under openai-community/."""
     return f"openai-community/{name}" if name in _HUB_NAMES else name
+
+
+def check_checkpoint(name_or_path, revision=None):
+    """(config file, weights file) of a checkpoint, after reading its config and the header of its weights (not the
+    weights): a missing, garbage or truncated file is refused in a moment, before a run starts any work."""
+    config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
+    _config_from_hf(_read_config(config_file), config_file, 0)
+    try:
+        with safe_open(weights_file, "pt"):  # checks the header and that the file holds every tensor it lists
+            pass
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read weights {weights_file} (corrupt or truncated safetensors file?): {e}") from None
+    return config_file, weights_file
+
+
+def _read_config(config_file):
+    try:
+        hf = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read model config {config_file}: {e}") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"cannot read model config {config_file}: not a JSON object")
+    return hf
 
 
 def _checkpoint_files(name_or_path, revision):

@@ -51,16 +51,18 @@ def sha256_json(obj):
 
 def model_identity(spec):
     """What a model is, independent of where it lies: a Hub name by repository and commit, a local directory by the
-    sha256 of its files (weights, config, tokenizer), a random-init shape by its spec."""
+    sha256 of its files (weights, config, tokenizer), a random-init shape by its spec. A checkpoint whose config or
+    weights cannot be read is refused here (model.check_checkpoint), before a run makes its directory."""
+    import model
     spec = str(spec)
     if spec.startswith("random:"):
         return {"random": spec}
     local = Path(spec).expanduser()
     if local.is_dir():
+        model.check_checkpoint(local)
         files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".txt", ".bpe"))
         return {"sha256": sha256_json({p.name: sha256_file(p) for p in files})}
-    import model  # a Hub name: the snapshot directory the files resolve to is named after the commit
-    config_file, _ = model._checkpoint_files(spec, None)
+    config_file, _ = model.check_checkpoint(spec)  # a Hub name: its snapshot directory is named after the commit
     return {"hub": model.hub_repo(spec), "revision": Path(config_file).parent.name}
 
 
@@ -168,19 +170,24 @@ def owned(out):
     """What a w2s run puts in OUT (everything --overwrite may delete)."""
     out = Path(out)
     return [p for p in out.iterdir() if re.fullmatch(r"seed\d+", p.name) and p.is_dir()
-            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png") or p.name.startswith("results_")]
+            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png") or p.name.startswith("results_")
+            or p.name.endswith(".worker.log")]  # --jobs: each stage's output
 
 
 def check_experiment(out, experiment, overwrite):
     """The seeds already recorded for this same experiment in OUT ([] when new). Another experiment in OUT is
-    refused, naming every key that differs, unless `overwrite`, which deletes its stages and results first."""
+    refused, naming every key that differs. `overwrite` deletes the experiment in OUT (its stages and results)
+    first, whichever it is: --overwrite always means a clean start."""
     out = Path(out)
     path = out / EXPERIMENT
     if path.is_file():
         old = read_json(path)
         if old.get("experiment") == experiment:
-            return list(old.get("seeds", []))
-        why = "holds another experiment: " + diff(old.get("experiment") or {}, experiment)
+            if not overwrite:
+                return list(old.get("seeds", []))
+            why = "the same experiment, trained again from scratch"
+        else:
+            why = "holds another experiment: " + diff(old.get("experiment") or {}, experiment)
     elif out.is_dir() and owned(out):
         why = "holds runs without an experiment.json (written by an older w2s)"
     else:

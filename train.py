@@ -148,6 +148,16 @@ def check_config(cfg):
                           ("log_every", cfg.log_every >= 1, "must be at least 1")]:
         if not ok:
             bad(flag, why)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; every rank takes an equal share of each batch
+    if cfg.batch_size % (world * cfg.grad_accum):
+        bad("batch_size", f"must be a multiple of world size {world} x --grad-accum {cfg.grad_accum}")
+    if cfg.device != "auto":
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            bad("device", "not a device: use auto, cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            bad("device", "CUDA is not available here: use --device cpu, or auto")
     if cfg.protocol == "rtp":
         for k, v in RTP_PROTOCOL.items():
             default = getattr(TrainConfig, k)
@@ -244,9 +254,8 @@ class Job:
     supervisor: str = ""
 
 
-def prepare(cfg):
-    """Data, targets and tokenized rows of this run, and the identity of everything it is trained on."""
-    task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
+def check_for_task(cfg, task):
+    """The settings check_config cannot judge before the task's kind is known (w2s.py: before OUT is made)."""
     generation = task.kind == "generation"
     if generation and cfg.max_length <= cfg.max_new_tokens:
         raise UserError(f"argument --max-length: must exceed --max-new-tokens {cfg.max_new_tokens} so a prompt fits "
@@ -256,6 +265,13 @@ def prepare(cfg):
                         "--genft-epochs are defined for classification")
     if not generation and (cfg.contrastive or cfg.samples > 1):
         raise UserError(f"task {task.name} is a classification task: --contrastive and --samples are for generation")
+
+
+def prepare(cfg):
+    """Data, targets and tokenized rows of this run, and the identity of everything it is trained on."""
+    task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
+    check_for_task(cfg, task)
+    generation = task.kind == "generation"
     spec = cfg.model or DEFAULT_MODELS[task.kind]["strong" if cfg.role != "weak" else "weak"]
     model_source, tok_source = resolve_model(spec, cfg.data_dir, cfg.quiet)
     tok = load_tokenizer(tok_source)

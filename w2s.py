@@ -227,10 +227,12 @@ def describe(cfg, base, task, models):
 def experiment_record(cfg, base, task, scorer_name, models):
     """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
     settings = {k: v for k, v in train.comparable(base).items() if k not in PER_STAGE}
+    students = student_names(cfg, task.kind)
+    if "genft" in students:  # the one w2s.py flag that changes a stage's numbers
+        settings["genft_epochs"] = cfg.genft_epochs
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
-            "train": settings, "students": student_names(cfg, task.kind),
-            "ensemble": cfg.ensemble, "scorer": scorer_name}
+            "train": settings, "students": students, "ensemble": cfg.ensemble, "scorer": scorer_name}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,24 +377,25 @@ def experiment_models(cfg, base, kind):
     else:
         defaults = default_models(base.task, kind)
         specs = [cfg.weak or defaults["weak"], cfg.strong or defaults["strong"]]
-    for flag, listed in (("sizes", specs), ("chain", chain + specs[:1] + specs[-1:])):
-        labels = [model_label(m) for m in listed]
-        if len(set(labels)) < len(labels):
-            raise UserError(f"argument --{flag}: models must differ, and a chain's from the weak and strong model "
-                            f"(labels {labels}); give distinct directories")
+    labels = [model_label(m) for m in specs]
+    if cfg.sizes and len(set(labels)) < len(labels):  # a sweep's layout is by model: one directory each
+        raise UserError(f"argument --sizes: the models must differ (labels {labels}); give distinct directories")
     if chain and kind == "generation":
         raise UserError("argument --chain: bootstrapping chains are for classification tasks")
     return specs, chain
 
 
 def model_record(spec, data_dir, quiet):
-    source, _ = train.resolve_model(spec, data_dir, quiet)
-    return {"spec": spec, "identity": rundir.model_identity(source)}
+    source, tokenizer = train.resolve_model(spec, data_dir, quiet)
+    identity = rundir.model_identity(source)  # refuses an unreadable checkpoint before OUT is made
+    train.load_tokenizer(tokenizer)  # and its tokenizer
+    return {"spec": spec, "identity": identity}
 
 
 def run_experiment(cfg, base, out):
     # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
     task = train.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
+    train.check_for_task(base, task)
     kind = task.kind
     specs, chain = experiment_models(cfg, base, kind)
     roles = {spec: model_label(spec) for spec in specs} if cfg.sizes else dict(zip(specs, ("weak", "strong")))

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, open_text, read_jsonl,
-                         read_table, warn_dropped)
+                         not_utf8, read_table, warn_dropped)
 
 FOLDERS = {"anthropic_hh": "anthropic_hh", "cosmos_qa": "cosmosqa", "sciq": "sciq", "boolq": "boolq",
            "amazon_polarity": "amazon_polarity"}
@@ -131,6 +131,8 @@ def read_json_list(path):
             items = json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}).") from None
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, 1, e) from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(items).__name__}.")
     for i, item in enumerate(items):
@@ -160,6 +162,8 @@ def read_amazon_csv(path):
                 line = reader.line_num + 1
         except csv.Error as e:
             raise DataError(f"{path}:{line}: malformed row ({e}).") from None
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, line, e) from None
     return rows
 
 

@@ -145,6 +145,17 @@ def read_table(path, columns, delimiter=","):
 
 
 def not_utf8(path, line, e):
+    """The error for a file that is not UTF-8, naming the line that holds the first bad byte. The text reader decodes
+    a block ahead of the row it is on, so `line` (where reading stopped) can be lines before it: the raw bytes say."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        line, e = raw.count(b"\n", 0, bad.start) + 1, bad
+    except OSError:
+        pass
     return DataError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save the file as UTF-8.")
 
 

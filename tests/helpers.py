@@ -51,3 +51,31 @@ def write_experiment_json(out, seeds, runs, students, kind="classification", des
               "students": [{"name": s, "supervisor": sup, "ceiling": ceil, "trained_on": sup, "method": s}
                            for s, (sup, ceil) in students.items()]}
     (Path(out) / "experiment.json").write_text(json.dumps(record))
+
+
+def run_script(script, args, env=None, timeout=120, cwd=ROOT):
+    """`python SCRIPT ARGS` (from the repository root unless `cwd`), as a user runs it: (exit status, stdout,
+    stderr). `env` adds to the environment; torch gets one thread (tiny models on a busy machine: see conftest)."""
+    r = subprocess.run([sys.executable, str(ROOT / script)] + [str(a) for a in args], cwd=cwd, capture_output=True,
+                       text=True, timeout=timeout, env=one_thread_env(env))
+    return r.returncode, r.stdout, r.stderr
+
+
+def one_thread_env(extra=None):
+    """The environment for a subprocess that trains tiny models: one OpenMP thread (a second costs 4x on a busy
+    2-core machine), plus `extra`."""
+    import os
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(extra or {}))
+
+
+def stage_stamps(out):
+    """{stage path relative to OUT: its metrics.json's mtime}: what says which stages a rerun retrained."""
+    out = Path(out)
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+
+
+def strict_json(text):
+    """json.loads that refuses NaN, Infinity and -Infinity (Python's json accepts them; JSON does not)."""
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
