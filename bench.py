@@ -3,7 +3,7 @@ Speed of w2s against transformers, in one run. Every comparison first checks tha
 
     python bench.py                    # our model vs transformers' GPT-2: train step, greedy generation, safety epoch
     python bench.py --suite            # every speed figure: the above, plus the paper's Trainer recipe and
-                                       # RealToxicityPrompts sampling (CPU: ~5 minutes on 2 cores)
+                                       # RealToxicityPrompts sampling (CPU: 5 minutes on 2 busy cores, --threads 1)
     python bench.py --suite --device cuda   # GPT-2 medium, batch 16, seq 512, bf16 autocast, TF32, fused AdamW
     python bench.py --suite --quick --json  # seconds-long smoke run of every section, machine-readable
     python bench.py --sections recipe rtp   # some sections only
