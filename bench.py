@@ -1,28 +1,38 @@
 """
-Speed of our GPT against transformers' GPT-2 at the same config, in one run:
+Speed of w2s against transformers, in one run. Every comparison first checks that both sides compute the same thing.
 
-    python bench.py                    # CPU: small random GPT-2-shaped models, ~1-2 minutes on 2 cores
-    python bench.py --device cuda      # GPT-2 medium, batch 16, seq 512, bf16 autocast, TF32, fused AdamW
-    python bench.py --quick --json     # seconds-long smoke run, machine-readable result
+    python bench.py                    # our model vs transformers' GPT-2: train step, greedy generation, safety epoch
+    python bench.py --suite            # every speed figure: the above, plus the paper's Trainer recipe and
+                                       # RealToxicityPrompts sampling (CPU: 5 minutes on 2 busy cores, --threads 1)
+    python bench.py --suite --device cuda   # GPT-2 medium, batch 16, seq 512, bf16 autocast, TF32, fused AdamW
+    python bench.py --suite --quick --json  # seconds-long smoke run of every section, machine-readable
+    python bench.py --sections recipe rtp   # some sections only
     python bench.py --memory           # peak memory of a training step, GPT-2 small..xl, B16 T512, with/without
                                        # --grad-checkpoint (CPU: estimated on fake tensors, nothing is computed)
 
-1. training step (classifier, soft cross entropy, grad clip, AdamW): tokens/s and MFU
-2. greedy generation of left-padded prompts with a KV cache: new tokens/s, and both outputs must be equal
-3. one epoch of real safety data (--data-dir): length-bucketed batches vs every row padded to --max-length
-4. --memory instead: peak memory of one train.py classification step, split into parameters, gradients, AdamW state
-   and activations (torch.distributed._tools.mem_tracker.MemTracker; on CUDA also torch.cuda.max_memory_allocated)
+Sections (each a function below, listed in SECTIONS; --suite runs them all):
+  train     training step of train.py's classification loop (soft cross entropy, grad clip, fused AdamW) on rows of
+            --seq-len random tokens: tokens/s and MFU, ours vs transformers' GPT2ForSequenceClassification at the
+            same weights; first a logit parity check
+  generate  greedy generation of left-padded prompts with a KV cache: new tokens/s, and both outputs must be equal
+  epoch     one epoch of real safety rows (w2s_train): length-bucketed batches vs every row padded to --max-length
+  recipe    the paper's recipe (yeruimeng/WTS safety/train.py: transformers Trainer, every row padded to
+            --max-length, fp16 on CUDA / fp32 on CPU, torch AdamW wd 0.1, linear warm-up 100 steps) vs our path (our
+            model, bucketed batches, fused AdamW, train.py's loss and schedule): seconds per epoch on identical rows
+  rtp       RealToxicityPrompts sampling (25 samples per prompt, top-p 0.9, temperature 1, 20 new tokens): prompts/s,
+            our GPT.generate vs transformers generate(do_sample=True, num_return_sequences=25)
+Not yet a section: the whole safety experiment at the paper's shapes with random-init models (see SECTIONS).
 
-Both sides start from the same random weights (ours saved with save_pretrained, loaded by transformers), run the
-same batches with the same optimizer, autocast and flags; warm-up steps are excluded and CUDA is synchronized
-around every timing. Timings interleave ours and HF (training and generation: best of a few rounds; epochs:
-batch by batch), so a busy machine slows both alike. Needs transformers (the `test` extra).
-
-GPU figures are still to be measured: this file was written and run on a CPU-only machine.
+Timing: ours and the reference alternate (ours, ref, ours, ref, ...) for --rounds rounds after a warm-up, so a busy
+machine slows both alike; each figure is the median with [min-max] over rounds, and the speed-up is the median of
+the per-round ratios. CUDA is synchronized around every timed run. Both sides start from the same random weights
+(ours saved with save_pretrained, loaded by transformers). Needs the `bench` extra (transformers, accelerate).
 """
 import argparse
 import contextlib
+import functools
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -53,14 +63,24 @@ SHAPES = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 MEMORY_SHAPES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
-DEFAULTS = {  # per device; --quick replaces them with the tiny smoke config
-    "cpu": dict(shape="cpu-small", batch_size=8, seq_len=128, gen_batch=8, prompt_len=32, new_tokens=32,
-                max_length=128, limit=128, steps=3, rounds=3, dtype="fp32"),
+DEFAULTS = {  # per device; --quick replaces them with the tiny smoke config. rtp_*: the RealToxicityPrompts section
+    "cpu": dict(shape="cpu-small", batch_size=16, seq_len=128, gen_batch=8, prompt_len=32, new_tokens=32,
+                max_length=512, limit=96, steps=3, rounds=3, dtype="fp32",
+                rtp_shape="cpu-small", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=20),
     "cuda": dict(shape="gpt2-medium", batch_size=16, seq_len=512, gen_batch=16, prompt_len=64, new_tokens=128,
-                 max_length=512, limit=None, steps=10, rounds=3, dtype="bf16"),
+                 max_length=512, limit=None, steps=10, rounds=3, dtype="bf16",
+                 rtp_shape="gpt2", rtp_prompts=64, rtp_batch=32, rtp_new_tokens=20),
     "quick": dict(shape="tiny", batch_size=4, seq_len=32, gen_batch=4, prompt_len=8, new_tokens=8,
-                  max_length=32, limit=32, steps=2, rounds=2, dtype="fp32"),
+                  max_length=32, limit=32, steps=2, rounds=3, dtype="fp32",
+                  rtp_shape="tiny", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=4),
 }
+PAD = 50256  # GPT-2's <|endoftext|>, the pad token of train.py's GPT-2 tokenizer; random tokens below avoid it
+# RealToxicityPrompts' sampling protocol (Gehman et al. 2020), as train.py runs it with --samples 25 --top-p 0.9;
+# the number of new tokens is the config's rtp_new_tokens (20; --quick: 4)
+RTP = dict(samples=25, top_p=0.9, temperature=1.0)
+# The paper's TrainingArguments and optimizer (yeruimeng/WTS safety/train.py)
+# (per_device_train_batch_size=16 is --batch-size's default; --quick uses 4)
+WTS = dict(lr=5e-5, weight_decay=0.1, warmup_steps=100, logging_steps=10, seed=42)
 # Dense (no sparsity) peak tensor FLOP/s from the vendors' datasheets, matched against torch.cuda.get_device_name
 PEAK_FLOPS = [  # (name contains, dtype) -> FLOP/s
     (("H100", "PCIe"), "bf16", 756e12), (("H100",), "bf16", 989e12), (("H200",), "bf16", 989e12),
@@ -89,31 +109,78 @@ def mfu(tokens_per_s, flops_per_token, peak):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# timing
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def best_of(rounds, device, runs):
-    """runs: {name: fn}. Calls each fn once per round, interleaved; returns {name: best (lowest) seconds}."""
-    best = {name: float("inf") for name in runs}
+def spread(values):
+    """Median, min and max of per-round values (and the values themselves, in round order)."""
+    v = sorted(values)
+    n = len(v)
+    median = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    return {"median": median, "min": v[0], "max": v[-1], "rounds": list(values)}
+
+
+def interleaved(runs, rounds, sync=None, setup=None, clock=time.perf_counter):
+    """Time each of `runs` ({name: fn}) once per round, in turn (a, b, a, b, ...), so a machine that gets busier or
+    quieter meanwhile slows every run alike. setup[name](), when given, runs untimed before each run of that name;
+    sync() runs on both sides of each timed call (CUDA: wait for the queued kernels).
+    Returns {name: spread(seconds)}."""
+    seconds = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
-            sync(device)
-            t0 = time.perf_counter()
+            if setup and name in setup:
+                setup[name]()
+            if sync:
+                sync()
+            t0 = clock()
             fn()
-            sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            if sync:
+                sync()
+            seconds[name].append(clock() - t0)
+    return {name: spread(s) for name, s in seconds.items()}
 
 
-def make_optimizer(model):
+def timing_row(section, measure, ours, ref, work=None, unit="s"):
+    """A table row from two interleaved timings (spread() of seconds). work: units per run (tokens, prompts), shown
+    as a rate (higher is better); None: seconds (lower is better). speedup: per-round ref seconds / ours seconds."""
+    side = (lambda t: spread([work / s for s in t["rounds"]])) if work else (lambda t: t)
+    return {"kind": "timing", "section": section, "measure": measure, "unit": unit, "higher_is_better": bool(work),
+            "ours": side(ours), "ref": side(ref),
+            "speedup": spread([r / o for o, r in zip(ours["rounds"], ref["rounds"])])}
+
+
+def check_row(section, measure, value, ok):
+    return {"kind": "check", "section": section, "measure": measure, "value": value, "ok": bool(ok)}
+
+
+def value_row(section, measure, ours, ref, note=""):
+    return {"kind": "value", "section": section, "measure": measure, "ours": ours, "ref": ref, "note": note}
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 matmuls in full precision (no TF32) for the parity checks."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pieces shared by the sections and by --memory
+
+def make_optimizer(model, lr=1e-5, weight_decay=0.01):
     # train.py's optimizer: fused AdamW, decay on matrices only
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=1e-5, fused=True), params
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True), params
 
 
 def trainer(forward, model, autocast):
@@ -141,17 +208,31 @@ def pad_to(idx, mask, length, pad_token):
             torch.nn.functional.pad(mask, (0, extra), value=0))
 
 
+def gpt2_tokenizer(data_dir):
+    """GPT-2's tokenizer from the shared data's local files when present, else the Hub's."""
+    local = Path(data_dir) / "tokenizers" / "gpt2"
+    return load_tokenizer(local if local.is_dir() else "gpt2")
+
+
 def load_safety(data_dir, limit, max_length):
-    """Token ids and one-hot labels of the safety task's w2s_train split, GPT-2 tokenized (the local tokenizer
-    files of the shared data when present, else the Hub's)."""
+    """The safety task's w2s_train split (what the paper's ceiling trains on), GPT-2 tokenized and truncated to
+    max_length as train.py does: {"ids", "seqs", "labels", "targets" (one-hot), "pad"}."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the data loader's notes on dropped duplicate rows
         task = load_task("safety", data_dir=data_dir, seed=0, limit=limit)
-    local = Path(data_dir) / "tokenizers" / "gpt2"
-    tok = load_tokenizer(local if local.is_dir() else "gpt2")
+    tok = gpt2_tokenizer(data_dir)
     rows = task.splits["w2s_train"]
     seqs = [ids[:max_length] for ids in tok.encode_batch([r["text"] for r in rows])]
-    return seqs, [np.eye(len(task.label_names))[r["label"]] for r in rows], tok.pad_token
+    eye = np.eye(len(task.label_names))
+    return {"ids": [r["id"] for r in rows], "seqs": seqs, "labels": [r["label"] for r in rows],
+            "targets": [eye[r["label"]] for r in rows], "pad": tok.pad_token}
+
+
+def train_py_schedule(opt, total_steps, warmup_frac=0.1):
+    """train.py's learning-rate schedule: linear warm-up over warmup_frac of the steps, then linear decay to 0."""
+    warmup = int(warmup_frac * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else
+                                             max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
 
 
 class AssumeValid(TorchDispatchMode):
@@ -239,24 +320,414 @@ def print_memory(res):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the suite: sections share a Context and each returns table rows
 
-def main(argv=None):
+class Context:
+    """What the sections share: the run's config, device and autocast, the safety rows, and one set of random
+    weights per model shape (saved once, loaded by ours and by transformers), so every section starts from them."""
+
+    def __init__(self, args, cfg, device, workdir):
+        self.args, self.cfg, self.device, self.workdir = args, cfg, device, Path(workdir)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg["dtype"] == "bf16"
+                         else contextlib.nullcontext())
+        self.device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else f"cpu ({platform.machine()}, {os.cpu_count()} cores)")
+        self.peak = args.peak_tflops * 1e12 if args.peak_tflops else (
+            peak_flops(self.device_name, cfg["dtype"]) if device.type == "cuda" else None)
+        self._weights = {}
+
+    def weights(self, shape):
+        if shape not in self._weights:
+            torch.manual_seed(0)
+            self._weights[shape] = self.workdir / shape
+            GPT(GPTConfig(**SHAPES[shape], n_classes=2)).save_pretrained(self._weights[shape])
+        return self._weights[shape]
+
+    def ours(self, shape):
+        return GPT.from_pretrained(self.weights(shape), n_classes=2).to(self.device)
+
+    def hf(self, cls, shape, attn_implementation="sdpa"):
+        """transformers' model of `shape` from our saved weights (attn_implementation None: transformers' default)."""
+        kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = cls.from_pretrained(self.weights(shape), dtype=torch.float32, **kw)
+        model.config.pad_token_id = PAD  # HF finds each row's last token by comparing input ids with the pad id
+        return model.to(self.device)
+
+    def compiled(self, forward, side="ours"):
+        """--compile ours compiles our side only, --compile both also transformers' (side="ref")."""
+        return torch.compile(forward) if self.args.compile in (side, "both") else forward
+
+    @functools.cached_property
+    def safety(self):
+        """load_safety's rows, or None when the data is not under --data-dir."""
+        if not (Path(self.args.data_dir) / "safety").is_dir():
+            return None
+        return load_safety(self.args.data_dir, self.cfg["limit"], self.cfg["max_length"])
+
+    def time(self, runs, setup=None):
+        return interleaved(runs, self.cfg["rounds"], sync=lambda: sync(self.device), setup=setup)
+
+
+def skipped_row(section, why):
+    return {"kind": "skipped", "section": section, "measure": f"skipped: {why}"}
+
+
+def section_train(ctx):
+    """training step of train.py's classification loop (rows of random tokens, no padding: the causal fast path)
+    ref: transformers GPT2ForSequenceClassification, same weights, batch, autocast and optimizer"""
+    S, c, dev = "train", ctx.cfg, ctx.device
+    ours, hf = ctx.ours(c["shape"]), ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"])
+    rows = [classify_parity(S, ours, hf)]
+    ours.train()
+    hf.train()
+    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+            "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
+                           ctx.autocast)}
+    B, T, n = c["batch_size"], c["seq_len"], c["steps"]
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, PAD, (B, T), generator=g).to(dev)
+    y = torch.softmax(torch.randn(B, 2, generator=g), -1).to(dev)
+    for s in step.values():  # warm-up (and compilation)
+        for _ in range(2):
+            s(idx, None, y)
+    t = ctx.time({k: (lambda s=s: [s(idx, None, y) for _ in range(n)]) for k, s in step.items()})
+    row = timing_row(S, f"training, B{B} T{T} {c['dtype']}, {n} steps a round", t["ours"], t["ref"], work=n * B * T,
+                     unit="tokens/s")
+    fpt = train_flops_per_token(ours, T, lm_head=False)
+    peak = ("no stated peak for a CPU (give --peak-tflops)" if ctx.peak is None and dev.type == "cpu" else
+            "unknown GPU: give --peak-tflops" if ctx.peak is None else f"peak {ctx.peak / 1e12:.0f} TFLOP/s")
+    return rows + [row, value_row(S, "MFU (median tokens/s)", *(mfu(row[k]["median"], fpt, ctx.peak)
+                                                                for k in ("ours", "ref")),
+                                  note=f"{fpt / 1e6:,.1f}M train FLOPs/token; {peak}")]
+
+
+def classify_parity(section, ours, hf):
+    """Both models' class logits on padded and unpadded rows, in exact fp32: the same computation, or no bench."""
+    ours.eval()
+    hf.eval()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, PAD, (4, 16), generator=g)
+    mask = torch.ones_like(idx)
+    mask[1, 10:], mask[3, 5:] = 0, 0
+    idx, mask = idx.masked_fill(mask == 0, PAD).to(ours.lm_head.weight.device), mask.to(ours.lm_head.weight.device)
+    with torch.no_grad(), exact_fp32():
+        diff = (ours.classify(idx, mask) - hf(input_ids=idx, attention_mask=mask).logits).abs().max().item()
+    return check_row(section, "parity: class logits max |ours - ref| (fp32)", diff, diff < 1e-4)
+
+
+def section_generate(ctx):
+    """greedy generation of left-padded prompts with a KV cache, no eos: every row gets --new-tokens
+    ref: transformers GPT2LMHeadModel.generate(do_sample=False), same weights and autocast"""
+    S, c, dev = "generate", ctx.cfg, ctx.device
+    ours, hf = ctx.ours(c["shape"]).eval(), ctx.hf(transformers.GPT2LMHeadModel, c["shape"]).eval()
+    hf.generation_config.eos_token_id = None
+    GB, PL, N = c["gen_batch"], c["prompt_len"], c["new_tokens"]
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.linspace(max(1, PL // 4), PL, GB).long()
+    prompts = torch.randint(0, PAD, (GB, PL), generator=g)
+    mask = (torch.arange(PL)[None, :] >= PL - lengths[:, None]).long()
+    prompts, mask = prompts.masked_fill(mask == 0, PAD).to(dev), mask.to(dev)
+
+    def ours_generate():
+        return ours.generate(prompts, attention_mask=mask, max_new_tokens=N)
+
+    def hf_generate():
+        return hf.generate(input_ids=prompts, attention_mask=mask, max_new_tokens=N, do_sample=False, pad_token_id=PAD)
+    with torch.no_grad():
+        with exact_fp32():  # equality in fp32: bf16 rounding differs between the two and flips near-tied argmaxes
+            a, b = ours_generate(), hf_generate()
+        with ctx.autocast:
+            ours_generate(), hf_generate()  # warm-up
+            t = ctx.time({"ours": ours_generate, "ref": hf_generate})
+    agree = (a[:, PL:] == b[:, PL:]).float().mean().item()
+    return [check_row(S, "parity: greedy outputs equal, share of new tokens that agree (fp32)", agree,
+                      torch.equal(a, b)),
+            timing_row(S, f"{GB} prompts of {lengths[0]}-{PL} tokens, +{N} new", t["ours"], t["ref"],
+                       work=GB * N, unit="tokens/s")]
+
+
+def section_epoch(ctx):
+    """one epoch of real safety rows (w2s_train): length-bucketed batches vs every row padded to --max-length
+    ref: transformers GPT2ForSequenceClassification in the same loop (same batches, step and optimizer)"""
+    S, c, dev, data = "epoch", ctx.cfg, ctx.device, ctx.safety
+    if data is None:
+        return [skipped_row(S, f"safety data not found under {ctx.args.data_dir} (--data-dir)")]
+    seqs, B, L = data["seqs"], c["batch_size"], c["max_length"]
+    lengths = [len(s) for s in seqs]
+    order = np.random.default_rng(0).permutation(len(seqs))
+    plans = {"bucketed": train.bucketed_batches(lengths, B, seed=0, epoch=0),
+             "padded": [order[i:i + B] for i in range(0, len(seqs), B)]}
+    ours, hf = ctx.ours(c["shape"]).train(), ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"]).train()
+    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+            "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
+                           ctx.autocast)}
+
+    def batch(b, plan):
+        idx, mask = train.collate([seqs[i] for i in b], data["pad"], dev)
+        if plan == "padded":
+            idx, mask = pad_to(idx, mask, L, data["pad"])
+        return idx, mask, torch.tensor(np.stack([data["targets"][i] for i in b]), dtype=torch.float32, device=dev)
+
+    def epoch(side, plan):
+        for b in plans[plan]:
+            step[side](*batch(b, plan))
+    for plan, batches in plans.items():  # warm-up: one batch per distinct shape, where --compile does its recompiles
+        shapes = {}
+        for b in batches:
+            idx, mask, _ = batch(b, plan)
+            shapes.setdefault((*idx.shape, mask is None), b)
+        for side in step:
+            for b in shapes.values():
+                step[side](*batch(b, plan))
+    t = ctx.time({f"{side} {plan}": functools.partial(epoch, side, plan) for plan in plans for side in step})
+    pad = {plan: 1 - sum(lengths) / sum(len(b) * (L if plan == "padded" else max(lengths[i] for i in b))
+                                        for b in batches) for plan, batches in plans.items()}
+    n = f"{len(seqs)} rows, B{B}"
+    return [timing_row(S, f"epoch, bucketed ({n}, {pad['bucketed']:.0%} padding)", t["ours bucketed"],
+                       t["ref bucketed"], unit="s/epoch"),
+            timing_row(S, f"epoch, padded to {L} ({pad['padded']:.0%} padding)", t["ours padded"], t["ref padded"],
+                       unit="s/epoch"),
+            timing_row(S, f"ours bucketed | ref column: ours padded to {L}", t["ours bucketed"], t["ours padded"],
+                       unit="s/epoch")]
+
+
+class Recipe:
+    """The `recipe` section's two epochs, over the same rows in the same batches and order:
+
+    ref   the paper's recipe, yeruimeng/WTS safety/train.py: transformers' Trainer over rows padded to max_length (as
+          its tokenizer(padding="max_length", truncation=True) pads them), TrainingArguments(
+          per_device_train_batch_size=16 (--batch-size), learning_rate=5e-5, weight_decay=0.1, logging_steps=10,
+          fp16=True on CUDA; fp32 on CPU), optimizers=(torch.optim.AdamW over every parameter, weight decay 0.1,
+          get_linear_schedule_with_warmup(100 warm-up steps over len(rows) // batch steps)); the Trainer's defaults
+          otherwise (grad clip 1.0, seed 42, transformers' default attention). One epoch, no eval, no checkpoints.
+    ours  train.py's classification loop: our model, length-bucketed batches padded to their longest row, train.py's
+          autocast (bf16 on CUDA), fp32 soft cross entropy (one-hot targets: the Trainer's cross entropy), grad clip
+          1.0, fused AdamW with decay on matrices, train.py's schedule, a loss sync every 20 steps (train.py's log).
+
+    The Trainer reads the rows in our epoch's order (train_sampling_strategy="sequential" over them) instead of its
+    RandomSampler's shuffle: every row is padded to max_length, so the order does not change its work, and both sides
+    then train on the same batches. records[side] holds, per run, the row indices of each batch that side trained on.
+    """
+
+    def __init__(self, ctx):
+        c, data = ctx.cfg, ctx.safety
+        self.ctx, self.device, self.data = ctx, ctx.device, data
+        self.B, self.L, self.pad = c["batch_size"], c["max_length"], data["pad"]
+        batches = train.bucketed_batches([len(s) for s in data["seqs"]], self.B, seed=0, epoch=0)
+        # the one short batch goes last, so that the Trainer's consecutive batches of B over the same order are ours
+        self.batches = [b.tolist() for b in sorted(batches, key=lambda b: len(b) < self.B)]
+        self.order = [i for b in self.batches for i in b]
+        self.ours_model = ctx.ours(c["shape"])
+        self.ours_forward = ctx.compiled(train.Classifier(self.ours_model))
+        self.hf_model = ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"], attn_implementation=None)
+        self.init = {"ours": {k: v.clone() for k, v in self.ours_model.state_dict().items()},
+                     "ref": {k: v.clone() for k, v in self.hf_model.state_dict().items()}}
+        self.ref_rows = [self.padded_row(i) for i in self.order]
+        self.records = {"ours": [], "ref": []}
+
+    def padded_row(self, i):
+        s = self.data["seqs"][i]
+        n = self.L - len(s)
+        return {"row": i, "input_ids": s + [self.pad] * n, "attention_mask": [1] * len(s) + [0] * n,
+                "labels": self.data["labels"][i]}
+
+    def collate_ref(self, features):
+        self.records["ref"][-1].append([f["row"] for f in features])
+        return {k: torch.tensor([f[k] for f in features]) for k in ("input_ids", "attention_mask", "labels")}
+
+    def setup_ref(self, max_steps=-1):
+        """A fresh Trainer on the initial weights (untimed)."""
+        self.hf_model.load_state_dict(self.init["ref"])
+        self.records["ref"].append([])
+        opt = torch.optim.AdamW(self.hf_model.parameters(), lr=WTS["lr"], weight_decay=WTS["weight_decay"])
+        sched = transformers.get_linear_schedule_with_warmup(  # WTS: len(train) * epochs // batch size steps
+            opt, num_warmup_steps=WTS["warmup_steps"], num_training_steps=len(self.order) // self.B)
+        cuda = self.device.type == "cuda"
+        args = transformers.TrainingArguments(
+            output_dir=str(self.ctx.workdir / "trainer"), num_train_epochs=1, max_steps=max_steps,
+            per_device_train_batch_size=self.B, learning_rate=WTS["lr"], weight_decay=WTS["weight_decay"],
+            logging_steps=WTS["logging_steps"], fp16=cuda, use_cpu=not cuda, seed=WTS["seed"],
+            eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
+            dataloader_pin_memory=cuda, remove_unused_columns=False, train_sampling_strategy="sequential")
+        self.trainer = transformers.Trainer(model=self.hf_model, args=args, train_dataset=self.ref_rows,
+                                            data_collator=self.collate_ref, optimizers=(opt, sched))
+        for quiet in (transformers.trainer_callback.PrinterCallback, transformers.trainer_callback.ProgressCallback):
+            self.trainer.remove_callback(quiet)  # no log lines in the bench's output
+
+    def run_ref(self):
+        self.trainer.train()
+
+    def setup_ours(self):
+        """Initial weights, a fresh optimizer and schedule (untimed, as train.py builds them before its loop)."""
+        self.ours_model.load_state_dict(self.init["ours"])
+        self.ours_model.train()
+        self.records["ours"].append([])
+        self.opt, self.params = make_optimizer(self.ours_model, lr=5e-5, weight_decay=0.01)
+        self.sched = train_py_schedule(self.opt, len(self.batches))
+
+    def run_ours(self, batches=None):
+        d, dev = self.data, self.device
+        batches = self.batches if batches is None else batches
+        for step, b in enumerate(batches, 1):
+            idx, mask = train.collate([d["seqs"][i] for i in b], self.pad, dev)
+            y = torch.tensor(np.stack([d["targets"][i] for i in b]), dtype=torch.float32, device=dev)
+            with self.ctx.autocast:
+                logits = self.ours_forward(idx, mask)
+            loss = xent_loss(logits.float(), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            if step % 20 == 0 or step == len(batches):
+                loss.item()  # train.py's logging reads the loss every 20 steps
+            self.records["ours"][-1].append(list(b))
+
+    def warm_up(self):
+        """Each side once, untimed: the Trainer for 2 steps, ours on one batch of every distinct width (compilation)."""
+        widths = {}
+        for b in self.batches:
+            widths.setdefault((len(b), max(len(self.data["seqs"][i]) for i in b)), b)
+        self.setup_ours()
+        self.run_ours(list(widths.values()))
+        self.setup_ref(max_steps=2)
+        self.run_ref()
+        self.records = {"ours": [], "ref": []}
+
+    def same_rows(self):
+        """Every run of each side trained on exactly our batches: same rows, same batches, same order."""
+        runs = self.records["ours"] + self.records["ref"]
+        return len(runs) > 0 and all(r == self.batches for r in runs) and sorted(self.order) == list(
+            range(len(self.data["seqs"])))
+
+
+def section_recipe(ctx):
+    """the paper's recipe (yeruimeng/WTS: Trainer, rows padded to --max-length, fp16 on CUDA) vs our path, one epoch
+    ref: transformers Trainer as WTS's safety/train.py configures it; ours: train.py's loop (see Recipe)"""
+    S, c = "recipe", ctx.cfg
+    if ctx.safety is None:
+        return [skipped_row(S, f"safety data not found under {ctx.args.data_dir} (--data-dir)")]
+    r = Recipe(ctx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Trainer's notes (pad token = eos, ...)
+        r.warm_up()
+        t = ctx.time({"ours": r.run_ours, "ref": r.run_ref}, setup={"ours": r.setup_ours, "ref": r.setup_ref})
+    lengths = [len(s) for s in r.data["seqs"]]
+    cells = sum(len(b) * max(lengths[i] for i in b) for b in r.batches)
+    same = r.same_rows() and r.trainer.state.global_step == len(r.batches)
+    precision = "fp16 autocast" if ctx.device.type == "cuda" else "fp32"
+    return [check_row(S, "same rows: both sides train on the same batches in the same order, every round",
+                      f"{len(r.order)} rows, {len(r.batches)} batches", same),
+            timing_row(S, f"epoch, {len(r.order)} rows, B{r.B}, ours {c['dtype']}, ref {precision}", t["ours"],
+                       t["ref"], unit="s/epoch"),
+            value_row(S, "padding share of the tokens computed", 1 - sum(lengths) / cells,
+                      1 - sum(lengths) / (len(lengths) * r.L),
+                      note=f"ours: bucketed; ref: every row padded to {r.L}; ref attention "
+                           f"{r.hf_model.config._attn_implementation}")]
+
+
+def rtp_prompts(ctx, n):
+    """The first n test prompts of the toxicity task (RealToxicityPrompts rows under --data-dir), GPT-2 tokenized as
+    train.generate_split does, or n random prompts of 5-30 tokens without the data. Returns (token lists, source)."""
+    d = Path(ctx.args.data_dir)
+    if (d / "toxicity").is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = load_task("toxicity", data_dir=d, seed=0).splits["test"][:n]
+        tok = gpt2_tokenizer(d)
+        return [tok.encode(r["prompt"])[-(ctx.cfg["max_length"] - ctx.cfg["rtp_new_tokens"]):] or [PAD]
+                for r in rows], \
+            "RealToxicityPrompts test prompts"
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(0, PAD, (int(torch.randint(5, 31, (), generator=g)),), generator=g).tolist()
+            for _ in range(n)], "random prompts of 5-30 tokens"
+
+
+def section_rtp(ctx):
+    """RealToxicityPrompts sampling: 25 samples per prompt, top-p 0.9, temperature 1, 20 new tokens (no eos)
+    ref: transformers GPT2LMHeadModel.generate(do_sample=True, top_p=0.9, top_k=0, num_return_sequences=25)"""
+    S, c, dev = "rtp", ctx.cfg, ctx.device
+    shape, P, PB = c["rtp_shape"], c["rtp_prompts"], c["rtp_batch"]
+    n, k, top_p, temp = RTP["samples"], c["rtp_new_tokens"], RTP["top_p"], RTP["temperature"]
+    prompts, source = rtp_prompts(ctx, P)
+    P = len(prompts)
+    ours, hf = ctx.ours(shape).eval(), ctx.hf(transformers.GPT2LMHeadModel, shape).eval()
+    hf.generation_config.eos_token_id = None  # neither side stops early: every sample gets 20 new tokens
+    batches = []
+    for i in range(0, P, PB):
+        idx, mask = train.collate(prompts[i:i + PB], PAD, dev, left_pad=True)
+        batches.append((idx, torch.ones_like(idx) if mask is None else mask))
+    gen = torch.Generator(dev).manual_seed(0)
+
+    def ours_batched(p=top_p, samples=n):  # every prompt repeated `samples` times in one batch, as HF does
+        return [ours.generate(idx.repeat_interleave(samples, 0), attention_mask=mask.repeat_interleave(samples, 0),
+                              max_new_tokens=k, temperature=temp, top_p=p, generator=gen) for idx, mask in batches]
+
+    def ours_calls():  # train.generate_split's way: one generate call of the prompt batch per sample
+        return [ours.generate(idx, attention_mask=mask, max_new_tokens=k, temperature=temp, top_p=top_p,
+                              generator=gen) for idx, mask in batches for _ in range(n)]
+
+    def ref(p=top_p, samples=n):
+        return [hf.generate(input_ids=idx, attention_mask=mask, do_sample=True, top_p=p, top_k=0, temperature=temp,
+                            num_return_sequences=samples, max_new_tokens=k, pad_token_id=PAD) for idx, mask in batches]
+    with torch.no_grad():
+        with exact_fp32():  # top-p so small that only the most likely token survives: sampling becomes greedy
+            same = all(torch.equal(a, b) for a, b in zip(ours_batched(1e-9, 2), ref(1e-9, 2)))
+        with ctx.autocast:
+            outs = {"ours": ours_batched(), "ref": ref()}  # also the warm-up
+            ours_calls()
+            t = ctx.time({"ours": ours_batched, "ref": ref, "ours, one call per sample": ours_calls})
+
+    def varied(out):  # share of prompts whose 25 continuations are not all the same
+        conts = torch.cat([o[:, -k:] for o in out]).view(P, n, k)
+        return (conts != conts[:, :1]).any(-1).any(-1).float().mean().item()
+    shape_ok = all(a.shape == b.shape == (len(idx) * n, idx.shape[1] + k)
+                   for a, b, (idx, _) in zip(outs["ours"], outs["ref"], batches))
+    what = f"{P} {source}, {PB} a call, +{k} tokens, {shape}"
+    return [check_row(S, "parity: top-p 1e-9 (only the top token) samples equal ours vs ref (fp32)", same, same),
+            check_row(S, "sampling: share of prompts whose 25 samples differ (ours, ref)",
+                      [varied(outs["ours"]), varied(outs["ref"])],
+                      shape_ok and varied(outs["ours"]) > 0.5 and varied(outs["ref"]) > 0.5),
+            timing_row(S, f"25 samples in one batch ({what})", t["ours"], t["ref"], work=P, unit="prompts/s"),
+            timing_row(S, "ours: one generate call per sample (train.py's way)",
+                       t["ours, one call per sample"], t["ref"], work=P, unit="prompts/s")]
+
+
+# The suite, in order. A section is a function of the Context that returns rows (timing_row, check_row, value_row,
+# skipped_row); its docstring's first line is its title and its second line names the reference. To add one, write
+# the function and list it here. Planned: "experiment", the whole safety experiment (w2s.py) at the paper's shapes
+# with random-init models, once w2s.py / train.py accept random:<shape> model specs (the lead's part of issue 19).
+SECTIONS = {"train": section_train, "generate": section_generate, "epoch": section_epoch,
+            "recipe": section_recipe, "rtp": section_rtp}
+DEFAULT_SECTIONS = ["train", "generate", "epoch"]  # plain `python bench.py`; --suite runs every section
+# ----------------------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    """(args, cfg, device): the flags, the config of this device (or --quick) with the flags given applied, the
+    device."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--suite", action="store_true", help=f"every section: {', '.join(SECTIONS)}")
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), help="only these sections "
+                   f"(default: {' '.join(DEFAULT_SECTIONS)}; --suite: all)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of a table")
     p.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run of every part")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"))
     p.add_argument("--shape", choices=list(SHAPES))
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seq-len", type=int, help="training sequence length (rows of random tokens, no padding)")
+    p.add_argument("--batch-size", type=int, help="training batch (train, epoch, recipe)")
+    p.add_argument("--seq-len", type=int, help="train section: sequence length (rows of random tokens, no padding)")
     p.add_argument("--gen-batch", type=int)
     p.add_argument("--prompt-len", type=int, help="longest prompt; the others are shorter and left-padded")
-    p.add_argument("--new-tokens", type=int)
-    p.add_argument("--max-length", type=int, help="epoch part: rows are truncated to it, and padded to it")
-    p.add_argument("--limit", type=int, help="epoch part: examples per split (None = all 4115 of w2s_train)")
-    p.add_argument("--steps", type=int, help="timed training steps per round")
-    p.add_argument("--rounds", type=int, help="timing rounds; the best round counts")
+    p.add_argument("--new-tokens", type=int, help="generate section: new tokens per row")
+    p.add_argument("--max-length", type=int, help="epoch, recipe: rows are truncated to it, and padded to it")
+    p.add_argument("--limit", type=int, help="epoch, recipe: examples per split (None = all 4115 of w2s_train)")
+    p.add_argument("--steps", type=int, help="train section: timed training steps per round")
+    p.add_argument("--rounds", type=int, help="timing rounds (ours and ref alternate); the median counts")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="bf16 = autocast over fp32 weights, as train.py")
+    p.add_argument("--rtp-shape", choices=list(SHAPES), help="rtp section: model shape (the paper's: gpt2)")
+    p.add_argument("--rtp-prompts", type=int, help="rtp section: prompts (x 25 samples)")
+    p.add_argument("--rtp-batch", type=int, help="rtp section: prompts per generate call")
+    p.add_argument("--rtp-new-tokens", type=int, help="rtp section: new tokens per sample (the protocol's: 20)")
     p.add_argument("--compile", choices=["none", "ours", "both"], default="none",
                    help="torch.compile the training forward of ours only (HF stays as users run it) or of both")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: datasheet for known GPUs)")
@@ -268,192 +739,125 @@ def main(argv=None):
         raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     cfg = dict(DEFAULTS["quick" if args.quick else args.device])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
+    return args, cfg, torch.device(args.device)
+
+
+def main(argv=None):
+    args, cfg, device = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg["dtype"] == "bf16"
-                else contextlib.nullcontext())
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (
-        peak_flops(device_name, cfg["dtype"]) if device.type == "cuda" else None)
-    B, T, rounds = cfg["batch_size"], cfg["seq_len"], cfg["rounds"]
-    res = {"command": " ".join(["python", "bench.py"] + (sys.argv[1:] if argv is None else list(argv))),
-           "device": device_name, "torch": torch.__version__, "transformers": transformers.__version__,
-           "threads": torch.get_num_threads(), "config": cfg, "compile": args.compile, "peak_flops": peak,
-           "timing": "train, generate: best of rounds; epoch: batches interleaved"}
+    command = " ".join(["python", "bench.py"] + (sys.argv[1:] if argv is None else list(argv)))
 
-    # ---- --memory: its own part, its own table ----
-    if args.memory:
-        B, T = args.batch_size or 16, args.seq_len or 512
-        dtypes = [args.dtype] if args.dtype else (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
-        t0 = time.perf_counter()
-        rows = memory_rows([args.shape] if args.shape else MEMORY_SHAPES, B, T, dtypes, device.type)
-        res["memory"] = {
-            "batch_size": B, "seq_len": T, "rows": rows, "seconds": time.perf_counter() - t0,
-            "method": ("measured: MemTracker on the real step, and torch.cuda.max_memory_allocated"
-                       if device.type == "cuda" else "estimated: MemTracker on FakeTensors (nothing computed); "
-                       "bf16 = CPU autocast, which casts this model's ops as CUDA autocast does"),
-            "note": "The columns are each category at the moment of the step's peak (activation = saved for backward, "
-                    "incl. autocast's bf16 weight copies; bwd temp = activation gradients). SDPA gets the padding "
-                    "mask: on CPU it runs _scaled_dot_product_flash_attention_for_cpu, which saves q, k, v, output, "
-                    "logsumexp and the mask as (B, 1, T, T), never a (B, heads, T, T) matrix; CUDA's memory-efficient "
-                    "kernel saves the same. Not counted: kernel workspaces, and the CUDA allocator's cached but "
-                    "unused memory (reserved > allocated)."}
-        if args.json:
-            print(json.dumps(res, indent=1))
-        else:
-            print_memory(res)
-        return res
+    if args.memory:  # its own part, its own table
+        return memory_main(args, device, command)
 
-    # ---- the same random weights on both sides ----
-    torch.manual_seed(0)
-    ours = GPT(GPTConfig(**SHAPES[cfg["shape"]], n_classes=2))
-    with tempfile.TemporaryDirectory() as d:
-        ours.save_pretrained(d)
-        kw = dict(dtype=torch.float32, attn_implementation="sdpa")
-        hf_cls = transformers.GPT2ForSequenceClassification.from_pretrained(d, **kw)
-        hf_lm = transformers.GPT2LMHeadModel.from_pretrained(d, **kw)
-    pad = ours.config.vocab_size - 1  # GPT-2's <|endoftext|>; random tokens below avoid it
-    hf_cls.config.pad_token_id = pad  # HF finds each row's last token by comparing input ids with the pad id
-    ours, hf_cls, hf_lm = ours.to(device), hf_cls.to(device), hf_lm.to(device)
-    res["n_params"] = ours.num_params()
-
-    # ---- parity first: a bench of two different computations would mean nothing ----
-    for m in (ours, hf_cls, hf_lm):
-        m.eval()
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, pad, (4, 16), generator=g)
-    mask = torch.ones_like(idx)
-    mask[1, 10:], mask[3, 5:] = 0, 0
-    idx = idx.masked_fill(mask == 0, pad).to(device)
-    mask = mask.to(device)
-    with torch.no_grad():
-        diff = ours.classify(idx, mask) - hf_cls(input_ids=idx, attention_mask=mask).logits
-    res["parity_max_abs_logit_diff"] = diff.abs().max().item()
-
-    # ---- generation: left-padded prompts of different lengths, greedy, no eos, same new tokens ----
-    GB, PL, N = cfg["gen_batch"], cfg["prompt_len"], cfg["new_tokens"]
-    lengths = torch.linspace(max(1, PL // 4), PL, GB).long()
-    prompts = torch.randint(0, pad, (GB, PL), generator=g)
-    gmask = (torch.arange(PL)[None, :] >= PL - lengths[:, None]).long()
-    prompts, gmask = prompts.masked_fill(gmask == 0, pad).to(device), gmask.to(device)
-    hf_lm.generation_config.eos_token_id = None
-
-    def ours_generate():
-        with autocast:
-            return ours.generate(prompts, attention_mask=gmask, max_new_tokens=N)
-
-    def hf_generate():
-        with autocast:
-            return hf_lm.generate(input_ids=prompts, attention_mask=gmask, max_new_tokens=N, do_sample=False,
-                                  pad_token_id=pad)
-    with torch.no_grad():
-        # equality is checked in fp32: bf16 rounding differs between the two and flips near-tied argmaxes
-        a = ours.generate(prompts, attention_mask=gmask, max_new_tokens=N)
-        b = hf_lm.generate(input_ids=prompts, attention_mask=gmask, max_new_tokens=N, do_sample=False, pad_token_id=pad)
-        res["generate_outputs_equal"] = bool(torch.equal(a, b))
-        res["generate_tokens_agree"] = (a[:, PL:] == b[:, PL:]).float().mean().item()
-        ours_generate(), hf_generate()  # warm-up
-        t = best_of(rounds, device, {"ours": ours_generate, "hf": hf_generate})
-    res["generate_new_tok_s"] = {k: GB * N / v for k, v in t.items()}
-    del hf_lm
-
-    # ---- training step: rows of T random tokens (no padding: the causal fast path), fixed batch ----
-    ours.train()
-    hf_cls.train()
-    ours_fwd, hf_fwd = train.Classifier(ours), (lambda i, m: hf_cls(input_ids=i, attention_mask=m).logits)
-    if args.compile in ("ours", "both"):
-        ours_fwd = torch.compile(ours_fwd)
-    if args.compile == "both":
-        hf_fwd = torch.compile(hf_fwd)
-    step = {"ours": trainer(ours_fwd, ours, autocast), "hf": trainer(hf_fwd, hf_cls, autocast)}
-    idx = torch.randint(0, pad, (B, T), generator=g).to(device)
-    y = torch.softmax(torch.randn(B, 2, generator=g), -1).to(device)
-    for name in step:  # warm-up (and compilation)
-        for _ in range(2):
-            step[name](idx, None, y)
-    t = best_of(rounds, device, {k: (lambda s=s: [s(idx, None, y) for _ in range(cfg["steps"])])
-                                 for k, s in step.items()})
-    tps = {k: cfg["steps"] * B * T / v for k, v in t.items()}
-    fpt = train_flops_per_token(ours, T, lm_head=False)
-    res["train_tok_s"] = tps
-    res["train_flops_per_token"] = fpt
-    res["train_mfu"] = {k: mfu(v, fpt, peak) for k, v in tps.items()}
-
-    # ---- one epoch of real data: bucketed batches vs every row padded to max_length ----
-    if not (Path(args.data_dir) / "safety").is_dir():
-        res["epoch"] = f"skipped: safety data not found under {args.data_dir} (--data-dir)"
-    else:
-        seqs, targets, pad_token = load_safety(args.data_dir, cfg["limit"], cfg["max_length"])
-        lengths = [len(s) for s in seqs]
-        order = np.random.default_rng(0).permutation(len(seqs))
-        plans = {"bucketed": train.bucketed_batches(lengths, B, seed=0, epoch=0),
-                 "padded": [order[i:i + B] for i in range(0, len(seqs), B)]}
-        res["epoch"] = {"examples": len(seqs), "batch_size": B, "max_length": cfg["max_length"]}
-        for plan, batches in plans.items():
-            def batch(b):
-                idx, mask = train.collate([seqs[i] for i in b], pad_token, device)
-                if plan == "padded":
-                    idx, mask = pad_to(idx, mask, cfg["max_length"], pad_token)
-                return idx, mask, torch.tensor(np.stack([targets[i] for i in b]), dtype=torch.float32, device=device)
-            shapes = {}  # one batch per distinct (shape, padded or not): warm-up, where --compile does its recompiles
-            for b in batches:
-                idx, mask, _ = batch(b)
-                shapes.setdefault((*idx.shape, mask is None), b)
-            for name in step:
-                for b in shapes.values():
-                    step[name](*batch(b))
-            cells = sum(len(b) * (cfg["max_length"] if plan == "padded" else max(lengths[i] for i in b))
-                        for b in batches)
-            t = {name: 0.0 for name in step}
-            for b in batches:  # ours and HF alternate batch by batch, so a busy machine slows both alike
-                for name, s in step.items():
-                    t[name] += best_of(1, device, {name: lambda: s(*batch(b))})[name]
-            res["epoch"][plan] = {"seconds": t, "padding_fraction": 1 - sum(lengths) / cells, "steps": len(batches)}
-
+    names = list(SECTIONS) if args.suite else args.sections or DEFAULT_SECTIONS
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    with tempfile.TemporaryDirectory() as workdir:
+        ctx = Context(args, cfg, device, workdir)
+        res = {"command": command, "device": ctx.device_name, "torch": torch.__version__,
+               "transformers": transformers.__version__, "threads": torch.get_num_threads(), "config": cfg,
+               "compile": args.compile, "peak_flops": ctx.peak, "sections": {}, "rows": []}
+        for name in names:
+            s0 = time.perf_counter()
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            rows = SECTIONS[name](ctx)
+            print(f"[bench] {name} done in {time.perf_counter() - s0:.0f} s", file=sys.stderr, flush=True)
+            res["rows"] += rows
+            res["sections"][name] = {"title": SECTIONS[name].__doc__.strip().splitlines()[0],
+                                     "ref": SECTIONS[name].__doc__.strip().splitlines()[1].strip(),
+                                     "seconds": time.perf_counter() - s0}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    res.update(wall_seconds=time.perf_counter() - t0, load_average={"before": load0, "after": os.getloadavg()},
+               checks_ok=all(r["ok"] for r in res["rows"] if r["kind"] == "check"))
     if args.json:
         print(json.dumps(res, indent=1))
     else:
-        print_table(res)
+        print_suite(res)
     return res
 
 
-def print_table(res):
-    c, ep = res["config"], res["epoch"]
-    peak = "n/a (give --peak-tflops)" if res["peak_flops"] is None else f"{res['peak_flops'] / 1e12:.0f} TFLOP/s"
-    print(f"command: {res['command']}")
-    print(f"device: {res['device']} | torch {res['torch']} | transformers {res['transformers']} | "
-          f"threads {res['threads']} | {c['dtype']} | torch.compile: {res['compile']} | {res['timing']}")
-    print(f"model: random-init {c['shape']} ({res['n_params'] / 1e6:.1f}M params) with a 2-class head; "
-          f"ours vs HF classify: max |logit diff| {res['parity_max_abs_logit_diff']:.1e}")
-    print(f"MFU: train FLOPs/token {res['train_flops_per_token'] / 1e6:,.1f}M, peak {peak}\n")
-
-    def row(name, ours, hf, speed=""):
-        print(f"{name:44s}{ours:>12s}{hf:>12s}{speed:>15s}")
-    row("", "ours", "HF", "ours/HF speed")
-    for key, name in (("train_tok_s", f"train step tokens/s (B{c['batch_size']} T{c['seq_len']})"),
-                      ("generate_new_tok_s", f"generate new tokens/s (B{c['gen_batch']}, +{c['new_tokens']})")):
-        v = res[key]
-        row(name, f"{v['ours']:,.0f}", f"{v['hf']:,.0f}", f"{v['ours'] / v['hf']:.2f}x")
-        if key == "train_tok_s":
-            row("train MFU", *("n/a" if m is None else f"{m:.1%}" for m in res["train_mfu"].values()))
-    if isinstance(ep, str):
-        print(f"epoch: {ep}")
+def memory_main(args, device, command):
+    B, T = args.batch_size or 16, args.seq_len or 512
+    dtypes = [args.dtype] if args.dtype else (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
+    t0 = time.perf_counter()
+    rows = memory_rows([args.shape] if args.shape else MEMORY_SHAPES, B, T, dtypes, device.type)
+    res = {"command": command, "torch": torch.__version__,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"}
+    res["memory"] = {
+        "batch_size": B, "seq_len": T, "rows": rows, "seconds": time.perf_counter() - t0,
+        "method": ("measured: MemTracker on the real step, and torch.cuda.max_memory_allocated"
+                   if device.type == "cuda" else "estimated: MemTracker on FakeTensors (nothing computed); "
+                   "bf16 = CPU autocast, which casts this model's ops as CUDA autocast does"),
+        "note": "The columns are each category at the moment of the step's peak (activation = saved for backward, "
+                "incl. autocast's bf16 weight copies; bwd temp = activation gradients). SDPA gets the padding "
+                "mask: on CPU it runs _scaled_dot_product_flash_attention_for_cpu, which saves q, k, v, output, "
+                "logsumexp and the mask as (B, 1, T, T), never a (B, heads, T, T) matrix; CUDA's memory-efficient "
+                "kernel saves the same. Not counted: kernel workspaces, and the CUDA allocator's cached but "
+                "unused memory (reserved > allocated)."}
+    if args.json:
+        print(json.dumps(res, indent=1))
     else:
-        for plan, what in (("bucketed", "length-bucketed"), ("padded", f"padded to {ep['max_length']}")):
-            t = ep[plan]["seconds"]
-            row(f"epoch s, {what} (pad {ep[plan]['padding_fraction']:.1%})", f"{t['ours']:.2f}", f"{t['hf']:.2f}",
-                f"{t['hf'] / t['ours']:.2f}x")
-        speedup = ep["padded"]["seconds"]["ours"] / ep["bucketed"]["seconds"]["ours"]
-        print(f"\nepoch: {ep['examples']} safety w2s_train rows, batch {ep['batch_size']}, {ep['bucketed']['steps']} "
-              f"steps; bucketing is {speedup:.1f}x faster than padding to {ep['max_length']} (ours)")
-    eq = "yes" if res["generate_outputs_equal"] else f"NO ({res['generate_tokens_agree']:.1%} of new tokens agree)"
-    print(f"generation outputs equal (fp32 greedy, ours vs HF generate): {eq}")
+        print_memory(res)
+    return res
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt(x) for x in v)
+    a = abs(v)
+    return (f"{v:,.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 1 or a == 0
+            else f"{v:.3f}" if a >= 0.01 else f"{v:.1e}")
+
+
+def print_suite(res):
+    c = res["config"]
+    la = res["load_average"]
+    print(f"command: {res['command']}")
+    print(f"device: {res['device']} | torch {res['torch']} | transformers {res['transformers']} | threads "
+          f"{res['threads']} | {c['dtype']} | torch.compile: {res['compile']}")
+    print(f"wall {res['wall_seconds']:.0f} s | 1-min load average before {la['before'][0]:.2f}, after "
+          f"{la['after'][0]:.2f} | models: random-init {c['shape']} (rtp: {c['rtp_shape']}), GPT-2 vocabulary")
+    print(f"timing: ours and ref alternate for {c['rounds']} rounds after a warm-up; median [min-max]; "
+          "'ours faster by' = median over rounds of ref time / ours time")
+    w = (58, 25, 25, 20)
+    for name, sec in res["sections"].items():
+        print(f"\n== {name}: {sec['title']} ({sec['seconds']:.0f} s)\n   {sec['ref']}")
+        print(f"   {'':{w[0]}}{'ours':>{w[1]}}{'ref':>{w[2]}}{'ours faster by':>{w[3]}}")
+        for r in (r for r in res["rows"] if r["section"] == name):
+            measure = f"{r['measure']} ({r['unit']})" if r["kind"] == "timing" else r["measure"]
+            if r["kind"] == "skipped":
+                print(f"   {measure}")
+                continue
+            if r["kind"] == "timing":
+                cells = [f"{fmt(r[k]['median'])} [{fmt(r[k]['min'])}-{fmt(r[k]['max'])}]" for k in ("ours", "ref")]
+                s = r["speedup"]
+                cells.append(f"{s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}]")
+            elif r["kind"] == "check":
+                cells = [fmt(r["value"]), "", "ok" if r["ok"] else "CHECK FAILED"]
+            else:
+                pct = "MFU" in r["measure"] or "share" in r["measure"]
+                cells = [("n/a" if v is None else f"{v:.1%}" if pct else fmt(v)) for v in (r["ours"], r["ref"])] + [""]
+            if len(measure) > w[0]:
+                print(f"   {measure}")
+                measure = ""
+            print(f"   {measure:{w[0]}}" + "".join(f"  {x:>{n - 2}}" for x, n in zip(cells, w[1:])))
+            if r.get("note"):
+                print(f"   {'':4}{r['note']}")
+    if not res["checks_ok"]:
+        print("\nA CHECK FAILED: the two sides do not compute the same thing, so their timings do not compare.")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main().get("checks_ok", True) else 1)

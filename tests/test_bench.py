@@ -1,10 +1,16 @@
-"""bench.py: its FLOPs / MFU arithmetic against a hand computation, and a smoke run showing that
-both sides of every comparison compute the same thing. No timing is asserted."""
+"""bench.py: its FLOPs / MFU arithmetic against a hand computation, the interleaved timing helper on a fake clock, a
+smoke run of the whole suite (every section runs and gives finite numbers, and both sides of every comparison compute
+the same thing), and the recipe section's two sides training on identical rows. No speed is asserted."""
+import math
+
 import pytest
 import torch
 
 import bench
+from data import load_task
 from model import GPT, GPTConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore:safety:UserWarning")  # the loader's notes on dropped duplicates
 
 
 def gpt2_medium(n_classes):
@@ -36,15 +42,94 @@ def test_mfu_and_datasheet_peaks():
     assert bench.peak_flops("NVIDIA GeForce GTX 1080", "bf16") is None
 
 
-def test_quick_bench_compares_equal_computations(shared_data, capsys):
+def test_interleaved_alternates_the_runs_and_reports_median_min_max_of_the_rounds():
+    events, now = [], [0.0]
+    # each run advances the fake clock by its own duration: ours 2, 5, 3 s; ref 10, 4, 6 s over three rounds
+    durations = {"ours": iter([2.0, 5.0, 3.0]), "ref": iter([10.0, 4.0, 6.0])}
+
+    def run(name):
+        def fn():
+            events.append(name)
+            now[0] += next(durations[name])
+        return fn
+
+    def setup(name):  # untimed: moves the clock a lot, which must not count
+        def fn():
+            events.append(f"setup {name}")
+            now[0] += 1000.0
+        return fn
+    t = bench.interleaved({"ours": run("ours"), "ref": run("ref")}, rounds=3, sync=lambda: events.append("sync"),
+                          setup={"ref": setup("ref")}, clock=lambda: now[0])
+    one_round = ["sync", "ours", "sync", "setup ref", "sync", "ref", "sync"]
+    assert events == one_round * 3  # ours, ref, ours, ref, ...; setup before its run; sync around each timed call
+    assert t["ours"] == {"median": 3.0, "min": 2.0, "max": 5.0, "rounds": [2.0, 5.0, 3.0]}
+    assert t["ref"] == {"median": 6.0, "min": 4.0, "max": 10.0, "rounds": [10.0, 4.0, 6.0]}
+    assert bench.spread([4.0, 1.0, 3.0, 2.0])["median"] == 2.5  # an even count: the mean of the middle two
+    # a row pairs the rounds: ours faster by ref/ours = 5, 0.8, 2 per round; as rates, work / seconds
+    row = bench.timing_row("s", "m", t["ours"], t["ref"], work=60, unit="tokens/s")
+    assert row["speedup"] == {"median": 2.0, "min": 0.8, "max": 5.0, "rounds": [5.0, 0.8, 2.0]}
+    assert row["ours"]["median"] == 20.0 and row["ref"]["max"] == 15.0 and row["higher_is_better"]
+
+
+def test_quick_suite_runs_every_section_with_finite_numbers_and_equal_computations(shared_data, capsys):
     n = torch.get_num_threads()
     try:
-        res = bench.main(["--quick", "--json", "--threads", "1", "--data-dir", str(shared_data)])
+        res = bench.main(["--suite", "--quick", "--json", "--threads", "1", "--data-dir", str(shared_data)])
     finally:
         torch.set_num_threads(n)
-    assert res["parity_max_abs_logit_diff"] < 1e-5  # ours and transformers: same weights, same logits
-    assert res["generate_outputs_equal"]  # greedy continuations of left-padded prompts, token for token
-    ep = res["epoch"]
-    assert ep["examples"] == 32 and ep["bucketed"]["steps"] == ep["padded"]["steps"] == 8
-    assert ep["bucketed"]["padding_fraction"] < ep["padded"]["padding_fraction"]
-    assert '"generate_new_tok_s"' in capsys.readouterr().out  # --json printed the result
+    assert list(res["sections"]) == list(bench.SECTIONS)
+    rows = res["rows"]
+    assert {r["section"] for r in rows} == set(bench.SECTIONS) and not [r for r in rows if r["kind"] == "skipped"]
+    timings = [r for r in rows if r["kind"] == "timing"]
+    assert len(timings) >= len(bench.SECTIONS)
+    for r in timings:
+        for key in ("ours", "ref", "speedup"):
+            s = r[key]
+            assert len(s["rounds"]) == 3 and all(math.isfinite(v) and v > 0 for v in s["rounds"]), (r["measure"], key)
+            assert s["min"] <= s["median"] <= s["max"]
+    checks = [r for r in rows if r["kind"] == "check"]
+    assert {r["section"] for r in checks} >= {"train", "generate", "recipe", "rtp"}
+    assert all(r["ok"] for r in checks), [r for r in checks if not r["ok"]]
+    assert res["checks_ok"]
+    mfu = next(r for r in rows if r["measure"].startswith("MFU"))
+    assert mfu["ours"] is None and mfu["ref"] is None  # CPU: no stated peak, so n/a rather than a made-up number
+    pad = next(r for r in rows if r["section"] == "recipe" and r["kind"] == "value")
+    assert 0 <= pad["ours"] < pad["ref"] < 1  # bucketing pads less than padding every row to max_length
+    assert '"speedup"' in capsys.readouterr().out  # --json printed the result
+
+
+def test_recipe_trainer_and_our_path_train_on_identical_rows(shared_data, tmp_path):
+    args, cfg, device = bench.parse_args(["--quick", "--data-dir", str(shared_data)])
+    ctx = bench.Context(args, cfg, device, tmp_path)
+    r = bench.Recipe(ctx)
+    seen = {"ours": [], "ref": []}  # what each model's forward received
+    r.ours_forward.register_forward_pre_hook(lambda m, a: seen["ours"].append(a))
+    r.hf_model.register_forward_pre_hook(lambda m, a, kw: seen["ref"].append(kw), with_kwargs=True)
+    r.setup_ours()
+    r.run_ours()
+    r.setup_ref()
+    r.run_ref()
+    data, L, pad = r.data, cfg["max_length"], r.pad
+    # the rows are the safety task's whole w2s_train split (as train.py --role ceiling trains on), each once
+    task = load_task("safety", data_dir=shared_data, seed=0, limit=cfg["limit"])
+    assert sorted(data["ids"][i] for i in r.order) == sorted(x["id"] for x in task.splits["w2s_train"])
+    assert len(r.order) == len(set(r.order)) == cfg["limit"]
+    # the same batches, in the same order, and the Trainer took one optimizer step per batch
+    assert r.records["ours"] == r.records["ref"] == [r.batches] and r.same_rows()
+    assert r.trainer.state.global_step == len(r.batches) == len(seen["ours"]) == len(seen["ref"])
+    for b, (idx, mask), kw in zip(r.batches, seen["ours"], seen["ref"]):
+        ref_ids, ref_mask, ref_labels = kw["input_ids"], kw["attention_mask"], kw["labels"]
+        assert ref_ids.shape == (len(b), L)  # the recipe pads every row to max_length ...
+        assert idx.shape == (len(b), max(len(data["seqs"][i]) for i in b))  # ... ours to the batch's longest row
+        for j, i in enumerate(b):
+            seq = data["seqs"][i]
+            n = len(seq)
+            assert len(seq) <= L and idx[j, :n].tolist() == seq == ref_ids[j, :n].tolist()  # same tokens
+            assert (idx[j, n:] == pad).all() and (ref_ids[j, n:] == pad).all()
+            assert ref_mask[j].sum() == n and (mask is None or mask[j].sum() == n)
+            assert ref_labels[j] == data["labels"][i] == data["targets"][i].argmax()  # same labels
+    # the recipe's settings, as yeruimeng/WTS safety/train.py sets them (fp16 only on CUDA)
+    a = r.trainer.args
+    assert (a.per_device_train_batch_size, a.learning_rate, a.weight_decay, a.fp16) == (cfg["batch_size"], 5e-5, 0.1,
+                                                                                        False)
+    assert all(g["weight_decay"] == 0.1 for g in r.trainer.optimizer.param_groups)

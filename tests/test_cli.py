@@ -18,7 +18,7 @@ FLAGS = {  # flags that the README and the issues name for each script
                  "--weak-labels", "--hard-labels", "--loss", "--linear-probe", "--ensemble", "--vote",
                  "--grad-checkpoint", "--compile", "--max-new-tokens", "--samples", "--top-p", "--loss-on"],
     "eval.py": ["--n-boot"],
-    "bench.py": ["--device", "--json", "--quick", "--data-dir", "--compile"],
+    "bench.py": ["--device", "--json", "--quick", "--data-dir", "--compile", "--suite", "--sections", "--memory"],
 }
 
 
