@@ -21,14 +21,15 @@ Sections (each a function below, listed in SECTIONS; --suite runs them all):
             model, bucketed batches, fused AdamW, train.py's loss and schedule): seconds per epoch on identical rows
   rtp       RealToxicityPrompts sampling (25 samples per prompt, top-p 0.9, temperature 1, 20 new tokens): prompts/s,
             our GPT.generate vs transformers generate(do_sample=True, num_return_sequences=25)
-Not yet a section: the whole safety experiment at the paper's shapes with random-init models (see SECTIONS).
+  experiment  the whole safety experiment (w2s.py: ensemble of 5, every student, one seed, real rows) with random-init
+            models, wall seconds per stage and in total: CUDA at the paper's shapes (random:gpt2 -> random:gpt2-medium,
+            every w2s_train row, 3 epochs), CPU small (random:2x64 -> random:4x128, 200 rows a split, 1 epoch)
 
 Timing: ours and the reference alternate (ours, ref, ours, ref, ...) for --rounds rounds after a warm-up, so a busy
 machine slows both alike; each figure is the median with [min-max] over rounds, and the speed-up is the median of
 the per-round ratios. CUDA is synchronized around every timed run. Both sides start from the same random weights
 (ours saved with save_pretrained, loaded by transformers). Needs the `bench` extra (transformers, accelerate).
 """
-import argparse
 import contextlib
 import functools
 import json
@@ -42,9 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
+import cli
 import train
+from cli import UserError
 from data import load_task
 from losses import xent_loss
 from model import GPT, GPTConfig
@@ -52,6 +54,11 @@ from tokenizer import load_tokenizer
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils._python_dispatch import TorchDispatchMode
+
+try:  # the reference side; --help and --memory work without it
+    import transformers
+except ImportError:
+    transformers = None
 
 # Random-init model shapes (GPT-2's vocabulary and context everywhere, so real tokenized data fits)
 SHAPES = {
@@ -66,13 +73,16 @@ MEMORY_SHAPES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
 DEFAULTS = {  # per device; --quick replaces them with the tiny smoke config. rtp_*: the RealToxicityPrompts section
     "cpu": dict(shape="cpu-small", batch_size=16, seq_len=128, gen_batch=8, prompt_len=32, new_tokens=32,
                 max_length=512, limit=96, steps=3, rounds=3, dtype="fp32",
-                rtp_shape="cpu-small", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=20),
+                rtp_shape="cpu-small", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=20,
+                exp_weak="2x64", exp_strong="4x128", exp_limit=200, exp_epochs=1),
     "cuda": dict(shape="gpt2-medium", batch_size=16, seq_len=512, gen_batch=16, prompt_len=64, new_tokens=128,
                  max_length=512, limit=None, steps=10, rounds=3, dtype="bf16",
-                 rtp_shape="gpt2", rtp_prompts=64, rtp_batch=32, rtp_new_tokens=20),
+                 rtp_shape="gpt2", rtp_prompts=64, rtp_batch=32, rtp_new_tokens=20,
+                 exp_weak="gpt2", exp_strong="gpt2-medium", exp_limit=None, exp_epochs=3),
     "quick": dict(shape="tiny", batch_size=4, seq_len=32, gen_batch=4, prompt_len=8, new_tokens=8,
                   max_length=32, limit=32, steps=2, rounds=3, dtype="fp32",
-                  rtp_shape="tiny", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=4),
+                  rtp_shape="tiny", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=4,
+                  exp_weak="1x16", exp_strong="1x32", exp_limit=24, exp_epochs=1),
 }
 PAD = 50256  # GPT-2's <|endoftext|>, the pad token of train.py's GPT-2 tokenizer; random tokens below avoid it
 # RealToxicityPrompts' sampling protocol (Gehman et al. 2020), as train.py runs it with --samples 25 --top-p 0.9;
@@ -693,30 +703,54 @@ def section_rtp(ctx):
                        t["ours, one call per sample"], t["ref"], work=P, unit="prompts/s")]
 
 
+def section_experiment(ctx):
+    """the whole safety experiment (w2s.py): ensemble of 5, every student, one seed, random-init models, real rows
+    no reference: wall seconds of every stage and of the whole run (CUDA: the paper's shapes, gpt2 -> gpt2-medium)"""
+    S, c = "experiment", ctx.cfg
+    if ctx.safety is None:
+        return [skipped_row(S, f"no safety data under {ctx.args.data_dir}")]
+    import w2s
+    out = ctx.workdir / "experiment"
+    argv = ["--task", "safety", "--data-dir", ctx.args.data_dir, "--weak", f"random:{c['exp_weak']}",
+            "--strong", f"random:{c['exp_strong']}", "--ensemble", "5", "--students", "all", "--seeds", "0",
+            "--epochs", str(c["exp_epochs"]), "--max-length", str(c["max_length"]), "--out", str(out), "--quiet",
+            "--n-boot", "200", "--dtype", c["dtype"]] + (["--limit", str(c["exp_limit"])] if c["exp_limit"] else [])
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # its progress beside bench's own, not in the table or --json
+        results = w2s.main(argv)
+    wall = time.perf_counter() - t0
+    rows = [value_row(S, f"{stage} (s)", seconds, None) for stage, seconds in results["timing"]["stage_seconds"].items()]
+    splits = results["description"]["splits"]
+    return rows + [value_row(S, f"whole experiment, {len(rows)} stages, random:{c['exp_weak']} -> random:"
+                                f"{c['exp_strong']}, w2s_train {splits['w2s_train']} rows, {c['exp_epochs']} epoch(s) (s)",
+                             wall, None, note=f"every student's PGR computed: {len(results['seeds']['0']['pgr'])}")]
+
+
 # The suite, in order. A section is a function of the Context that returns rows (timing_row, check_row, value_row,
 # skipped_row); its docstring's first line is its title and its second line names the reference. To add one, write
-# the function and list it here. Planned: "experiment", the whole safety experiment (w2s.py) at the paper's shapes
-# with random-init models, once w2s.py / train.py accept random:<shape> model specs (the lead's part of issue 19).
+# the function and list it here.
 SECTIONS = {"train": section_train, "generate": section_generate, "epoch": section_epoch,
-            "recipe": section_recipe, "rtp": section_rtp}
+            "recipe": section_recipe, "rtp": section_rtp, "experiment": section_experiment}
 DEFAULT_SECTIONS = ["train", "generate", "epoch"]  # plain `python bench.py`; --suite runs every section
 # ----------------------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
     """(args, cfg, device): the flags, the config of this device (or --quick) with the flags given applied, the
     device."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p = cli.new_parser(__doc__)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to measure")
     p.add_argument("--suite", action="store_true", help=f"every section: {', '.join(SECTIONS)}")
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), help="only these sections "
                    f"(default: {' '.join(DEFAULT_SECTIONS)}; --suite: all)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of a table")
     p.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run of every part")
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"))
-    p.add_argument("--shape", choices=list(SHAPES))
+    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"),
+                   help="real data (safety rows, RealToxicityPrompts prompts, GPT-2 tokenizer files)")
+    p.add_argument("--shape", choices=list(SHAPES), help="random-init model shape (default: the device's)")
     p.add_argument("--batch-size", type=int, help="training batch (train, epoch, recipe)")
     p.add_argument("--seq-len", type=int, help="train section: sequence length (rows of random tokens, no padding)")
-    p.add_argument("--gen-batch", type=int)
+    p.add_argument("--gen-batch", type=int, help="generate section: prompts per batch")
     p.add_argument("--prompt-len", type=int, help="longest prompt; the others are shorter and left-padded")
     p.add_argument("--new-tokens", type=int, help="generate section: new tokens per row")
     p.add_argument("--max-length", type=int, help="epoch, recipe: rows are truncated to it, and padded to it")
@@ -734,9 +768,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory", action="store_true", help="only the peak memory of a training step, per GPT-2 size "
                    "(default B16 T512; --shape, --batch-size, --seq-len, --dtype narrow it)")
+    for action in p._actions:  # the config flags' defaults depend on the device
+        if action.dest in DEFAULTS["cpu"] and action.default is None:
+            per_device = ", ".join(f"{'--quick' if d == 'quick' else d} {DEFAULTS[d][action.dest]}" for d in DEFAULTS)
+            action.help = f"{action.help or ''} (default: {per_device})".replace("%", "%%")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise UserError("argument --device: cuda, but no CUDA device is available (torch.cuda.is_available() is False)")
+    if transformers is None and not args.memory:
+        raise UserError("bench.py measures against transformers, which is not installed: pip install -e '.[bench]'")
     cfg = dict(DEFAULTS["quick" if args.quick else args.device])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
     return args, cfg, torch.device(args.device)
@@ -748,8 +788,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     command = " ".join(["python", "bench.py"] + (sys.argv[1:] if argv is None else list(argv)))
 
     if args.memory:  # its own part, its own table
@@ -859,5 +900,5 @@ def print_suite(res):
         print("\nA CHECK FAILED: the two sides do not compute the same thing, so their timings do not compare.")
 
 
-if __name__ == "__main__":
-    sys.exit(0 if main().get("checks_ok", True) else 1)
+if __name__ == "__main__":  # exit 1 when a parity check failed: its timings compare different computations
+    cli.main_guard(lambda: sys.exit(0 if main().get("checks_ok", True) else 1))

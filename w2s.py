@@ -264,7 +264,7 @@ def run_stages(stages, out, cfg, scorer):
     """Every stage, each after its inputs. A stage that is (re)done makes every stage downstream of it rerun, so a
     result never rests on inputs older than itself. With --jobs N, independent stages run as N worker processes."""
     redone, done, running, queue = set(), set(), {}, list(stages)
-    n, started = len(stages), 0
+    n, started, seconds = len(stages), 0, {}
     threads = max(1, __import__("torch").get_num_threads() // cfg.jobs)
     gpus = _visible_gpus() if cfg.jobs > 1 else []
     while queue or running:
@@ -278,9 +278,11 @@ def run_stages(stages, out, cfg, scorer):
                 rundir.invalidate(out / stage.path)
             before = marker(out, stage)
             print(f"[{started}/{n}] {stage.path} ({stage.cfg.model})", flush=True)
+            seconds[stage.path] = time.time()
             if cfg.jobs == 1:
                 train.run(stage_cfg(stage, out))
                 finish_stage(stage, out, before, redone, done, scorer)
+                seconds[stage.path] = time.time() - seconds[stage.path]
             else:
                 running[stage.path] = (stage, before, _start_worker(stage, out, started, gpus, threads))
             continue
@@ -298,6 +300,8 @@ def run_stages(stages, out, cfg, scorer):
                 raise UserError(f"stage {path} failed (exit {proc.returncode}); its output ends with: " +
                                 " | ".join(tail) + f" (whole output: {log})")
             finish_stage(stage, out, before, redone, done, scorer)
+            seconds[path] = time.time() - seconds[path]
+    return seconds
 
 
 def finish_stage(stage, out, before, redone, done, scorer):
@@ -429,7 +433,7 @@ def run_experiment(cfg, base, out):
                 print(f"this experiment's seeds: {', '.join(map(str, seeds))} (recorded earlier in {out} and asked now)",
                       flush=True)
             started = True
-            run_stages(stages, out, cfg, scorer)
+            stage_seconds = run_stages(stages, out, cfg, scorer)
         except BaseException:
             if not started and created is not None:
                 shutil.rmtree(created, ignore_errors=True)
@@ -437,6 +441,9 @@ def run_experiment(cfg, base, out):
         results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
         results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base), "models": specs,
                              "chain": chain}
+        # wall seconds of each stage this invocation ran (or found done): the one part of results.json that varies
+        results["timing"] = {"stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
+                             "total_seconds": round(sum(stage_seconds.values()), 2)}
         w2s_eval.write_results(out, results)
     print((out / "results.md").read_text())
     print(f"results: {', '.join(str(p) for p in sorted(out.glob('results*')))}", flush=True)

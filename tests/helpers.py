@@ -24,10 +24,11 @@ def kill_w2s_after(args, marker, timeout=120):
 
 
 def without_paths(results):
-    """results.json content without what names the run directory, so two directories' results compare equal."""
+    """results.json content without what names the run directory or times its stages, so two directories' results
+    compare equal."""
     results = json.loads(json.dumps(results))
-    results.pop("config", None)
-    results.pop("out_dir", None)
+    for key in ("config", "out_dir", "timing"):
+        results.pop(key, None)
     return results
 
 

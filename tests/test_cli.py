@@ -33,13 +33,13 @@ def test_script_help_exits_zero_and_lists_the_readme_flags(script):
     assert not missing, f"{script} --help does not mention {missing}"
 
 
-@pytest.mark.parametrize("script", ["w2s.py", "train.py", "eval.py"])
+@pytest.mark.parametrize("script", ["w2s.py", "train.py", "eval.py", "bench.py"])
 def test_help_describes_every_flag_with_its_default(script):
     r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     # one entry per flag: "  --flag ..." then its help text, wrapped; every entry ends with its default
     entries = re.split(r"\n  (?=-)", r.stdout.split("options:", 1)[1])[1:]
     flags = [e.split()[0].rstrip(",") for e in entries]
-    assert len(flags) > (40 if script != "eval.py" else 4)
+    assert len(flags) > {"w2s.py": 40, "train.py": 40, "eval.py": 4, "bench.py": 20}[script]
     for flag, entry in zip(flags, entries):
         if flag in ("-h", "--help"):
             continue
@@ -55,10 +55,11 @@ def test_w2s_help_lists_the_train_flags_it_passes_on():
         assert flag in r.stdout.split("training (train.py flags", 1)[1]
 
 
-@pytest.mark.parametrize("script", ["w2s.py", "train.py"])
+@pytest.mark.parametrize("script", ["w2s.py", "train.py", "bench.py"])
 def test_abbreviated_flags_are_rejected(script):
-    r = subprocess.run([sys.executable, script, "--epoch", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "unrecognized arguments: --epoch 1" in r.stderr and "Traceback" not in r.stderr
+    flag = "--round" if script == "bench.py" else "--epoch"
+    r = subprocess.run([sys.executable, script, flag, "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"unrecognized arguments: {flag} 1" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_random_shape_specs_build_the_shapes_parameter_count():
