@@ -14,6 +14,7 @@ probability need several); the other splits one, the continuation a student lear
 """
 import torch
 
+import cli
 import decode
 from batching import bucketed_batches, collate
 
@@ -47,7 +48,9 @@ def generate_split(models, how, tok, rows, device, autocast, cfg, max_len, split
     rule = decoding_rule(cfg, how, generator)
     samples = cfg.samples if split == "test" else 1
     continuations = [[] for _ in rows]
-    for batch in bucketed_batches([len(p) for p in prompts], cfg.batch_size * 2, 0, 0, shuffle=False):
+    batches = bucketed_batches([len(p) for p in prompts], cfg.batch_size * 2, 0, 0, shuffle=False)
+    bar = cli.progress(len(rows) * samples, f"generating {split} ({how})", quiet=cfg.quiet, unit="continuation")
+    for batch in batches:
         idx, mask = collate([prompts[i] for i in batch], tok.pad_token, device, left_pad=True)
         if mask is None:
             mask = torch.ones_like(idx)
@@ -57,6 +60,10 @@ def generate_split(models, how, tok, rows, device, autocast, cfg, max_len, split
             for j, i in enumerate(batch):
                 new = [t for t in out[j, idx.shape[1]:].tolist() if t != tok.eot_token]
                 continuations[i].append(tok.decode(new))
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     return {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
             "prompts": [r["prompt"] for r in rows], "prompt_toxicity": [r.get("prompt_toxicity") for r in rows],
             "continuations": continuations}

@@ -827,7 +827,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    run(parse_args(argv))
+    cfg = parse_args(argv)
+    run(cfg)
+    if cfg.ensemble > 1:
+        print(f"results: {cfg.out}/hard/predictions.json, {cfg.out}/soft/predictions.json, {cfg.out}/metrics.json")
+    else:
+        print(f"results: {cfg.out}/metrics.json, {cfg.out}/predictions.json, {cfg.out}/log.txt", flush=True)
 
 
 if __name__ == "__main__":
