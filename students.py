@@ -63,20 +63,6 @@ def member_paths(cfg):
     return [rundir.verified(d, "predictions.json") for d in members]
 
 
-def vote(member_probs, how):
-    """Combine K weak supervisors' probabilities (K, N, C). soft: mean of probabilities. hard: majority of the
-    members' argmax, ties broken toward the class with the higher mean probability; returned one-hot."""
-    member_probs = np.asarray(member_probs, dtype=np.float64)
-    mean = member_probs.mean(0)
-    if how == "soft":
-        return mean
-    assert how == "hard", how
-    C = member_probs.shape[-1]
-    counts = np.stack([(member_probs.argmax(-1) == c).sum(0) for c in range(C)], -1).astype(np.float64)
-    winner = (counts + 1e-6 * mean).argmax(-1)  # mean prob (< 1) only decides among tied counts
-    return np.eye(C)[winner]
-
-
 @torch.no_grad()
 def features(model, tok, texts, rt, batch_size, max_len):
     """(N, n_embd): the hidden state of each text's last real token, what the classification head reads."""

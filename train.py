@@ -31,16 +31,17 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import ensemble
+import labels
 import rundir
+from batching import bucketed_batches, collate, encode_lm, lm_targets
 from cli import UserError
 from data import TASKS, load_task
 from eval import metrics
-import labels
-from batching import bucketed_batches, collate, encode_lm, lm_targets
 from generation import generate_split, supervisor_predictions
 from losses import LOSSES, aux_coef, logconf_threshold, xent_loss
 from model import GPT
-from students import gold_targets, member_paths, selective_targets, supervisor_path, supervisor_targets, vote
+from students import gold_targets, member_paths, selective_targets, supervisor_path, supervisor_targets
 from tokenizer import load_tokenizer
 
 # The paper's models: GPT-2 small supervises GPT-2 medium; for toxicity GPT-1 supervises GPT-2 small.
@@ -713,48 +714,15 @@ def run_ensemble(cfg):
         rundir.invalidate(out)
         rundir.write_json(out / "config.json", {"train": dataclasses.asdict(cfg) | {"out": "."},
                                                 "comparable": comparable(cfg), "inputs": inputs})
-        vote_fn = vote_continuations if generation else vote_probabilities
-        results, written = vote_fn(cfg, task, out, members)
+        if generation:  # the members decode together: they need the tokenizer and a device
+            rt = setup_runtime(cfg)
+            _, tok_source = resolve_model(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir, cfg.quiet)
+            results, written = ensemble.vote_continuations(cfg, task, out, members, load_tokenizer(tok_source), rt)
+        else:
+            results, written = ensemble.vote_probabilities(out, members)
         rundir.write_json(out / "metrics.json", results | {"outputs": rundir.outputs_of(out, ["config.json"] + written),
                                                            "inputs": inputs})
     return results
-
-
-def vote_continuations(cfg, task, out, members):
-    """Generation: the members decode together, token by token (generation.py): soft = their mean next-token
-    probabilities, hard = the token most of them pick."""
-    rt = setup_runtime(cfg)
-    _, tok_source = resolve_model(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir, cfg.quiet)
-    tok = load_tokenizer(tok_source)
-    models = [GPT.from_pretrained(rundir.verified(d, "ckpt/model.safetensors").parent).to(rt.device) for d in members]
-    max_len = min([cfg.max_length] + [m.config.block_size for m in models])
-    written = []
-    for how in ("hard", "soft"):
-        (out / how).mkdir(exist_ok=True)
-        rundir.write_json(out / how / "predictions.json",
-                          supervisor_predictions(models, how, tok, task, rt.device, rt.autocast, cfg, max_len))
-        written.append(f"{how}/predictions.json")
-    return {}, written
-
-
-def vote_probabilities(cfg, task, out, members):
-    """Classification: the members' class probabilities, voted row by row (students.vote)."""
-    member_preds = [cli.read_json(d / "predictions.json") for d in members]
-    results, written = {}, []
-    for how in ("hard", "soft"):
-        voted = {}
-        for split, first in member_preds[0].items():
-            if any(p[split]["ids"] != first["ids"] for p in member_preds[1:]):
-                raise UserError(f"ensemble members in {out} disagree on the ids of split {split}: rerun them")
-            probs = vote([p[split]["probs"] for p in member_preds], how)
-            voted[split] = {"ids": first["ids"], "labels": first["labels"], "probs": probs.round(6).tolist()}
-        d = out / how
-        d.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(d / "predictions.json", voted)
-        test = voted["test"]
-        results[how] = {"test": metrics(np.array(test["labels"]), np.array(test["probs"]))}
-        written.append(f"{how}/predictions.json")
-    return results, written
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import batching
-import students
+import ensemble
 import train
 
 
@@ -40,7 +40,7 @@ def test_bucketed_batches_deterministic_by_seed_and_reshuffled_each_epoch():
 
 def test_soft_vote_is_mean_of_member_probabilities():
     members = [[[0.9, 0.1], [0.2, 0.8]], [[0.6, 0.4], [0.4, 0.6]], [[0.3, 0.7], [0.1, 0.9]]]
-    np.testing.assert_allclose(students.vote(members, "soft"), [[0.6, 0.4], [0.7 / 3, 2.3 / 3]])
+    np.testing.assert_allclose(ensemble.vote(members, "soft"), [[0.6, 0.4], [0.7 / 3, 2.3 / 3]])
 
 
 def test_hard_vote_is_majority_with_ties_broken_by_mean_probability():
@@ -51,7 +51,7 @@ def test_hard_vote_is_majority_with_ties_broken_by_mean_probability():
         [[0.8, 0.2], [0.8, 0.2], [0.45, 0.55]],
     ]
     # row 0: 3 votes class 0; row 1: tie 2-2, mean p1 = 0.34 -> class 0; row 2: tie 2-2, mean p1 = 0.5375 -> class 1
-    np.testing.assert_array_equal(students.vote(members, "hard"), [[1, 0], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(ensemble.vote(members, "hard"), [[1, 0], [1, 0], [0, 1]])
 
 
 def test_collate_pads_and_drops_mask_when_no_row_is_padded():
