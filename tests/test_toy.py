@@ -111,6 +111,9 @@ def test_pretrained_model_is_a_loadable_directory_and_a_second_call_reuses_it(ca
     assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == toy.SIZES["toy-xs"]
     tok = load_tokenizer(path)
     assert tok.encode("hai is ") == list(b"hai is ") and tok.vocab_size == model.config.vocab_size == 257
+    classifier = GPT.from_pretrained(path, n_classes=2)  # fine-tuning starts from a zero head, as Burns et al.'s
+    assert classifier.score.weight.shape == (2, model.config.n_embd) and not classifier.score.weight.any()
+    assert torch.equal(classifier.transformer.wte.weight, model.transformer.wte.weight)
     record = json.loads((Path(path) / "pretrain.json").read_text())
     assert record["cache_key"]["pretrain"]["epochs"] == 1 and record["cache_key"]["threads"] == 1
     assert record["n_params"] == model.num_params() and 0 <= record["knowledge"]["exceptions"] <= 1
