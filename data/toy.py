@@ -1,18 +1,40 @@
 """
-The offline toy demo: a synthetic world, two small GPTs pretrained on it, and the classification task "toy".
+The offline toy demo: a synthetic world, four small GPTs pretrained on it, and the classification task "toy".
 
-    python w2s.py                  # = --task toy: pretrain both models (cached in OUT/pretrained), then the usual W2S
+    python w2s.py                  # = --task toy: DEMO = (toy-s, toy-l), pretrained once per machine, then W2S
+    python -c "from data import toy; print(toy.pretrained_model('toy-m'))"   # any size, as a model directory
 
 The world (fixed by its own seed): 3000 made-up names of 3-6 letters from a-p, each hot or cold. A name's first
 letter predicts its attribute (a-h hot, i-p cold) for 74% of the names; the rest are exceptions listed in a hidden
 16x16 table keyed by the first two letters (a name's "root"). The pretraining corpus states every name's attribute
-("hai is hot."). Both models read it for the same number of steps, through the same code as GPT-2 (model.py, random
-init, a byte-level tokenizer): the strong one (2 layers x 64) learns most of the root table, the weak one (1 layer
-x 32) little beyond the first-letter rule. That is the latent knowledge weak-to-strong fine-tuning may elicit.
+("hai is hot."). Every size reads it for the same 60 epochs through the same code as GPT-2 (model.py, random init,
+a byte-level tokenizer); the loss is on the attribute. What each size learns of the hidden table (knowledge(),
+"exceptions"; one thread, torch 2.13 and 2.14 alike):
+
+    toy-xs   1 layer  x  8, 1 head     3,032 parameters   16% of the exceptions (first-letter rule, mostly)
+    toy-s    1 layer  x 16, 1 head     7,600              23%
+    toy-m    2 layers x 16, 2 heads   10,880              82%
+    toy-l    2 layers x 32, 2 heads   34,048              99%
+
+One layer can only mix the two letters of a root in one attention average, so the 1-layer sizes keep to the
+first-letter rule and a few roots; two layers read the root at its second letter and carry it to the end.
+
+Why the recipe is what it is. The earlier one (12 epochs, loss on all of "hot.") stopped while the strong model was
+in the middle of learning the table, where its knowledge rose by ~10 points an epoch, so anything that moved the
+trajectory (1 vs 2 threads: a different order of floating-point sums) moved the result: 74% vs 94% of the
+exceptions for the same seed. Now every size trains until its curve is flat (toy-l reaches ~99% by epoch ~50 of 60,
+toy-m and the 1-layer sizes sit on their plateau for the last ~15 epochs) and the lr decays to 0 over that plateau,
+so 1, 2 and 4 threads and torch 2.13 / 2.14 give the same figures within 0.8 points (the record is in each model's
+pretrain.json). The plateaus of toy-s and toy-m are local optima: other *seeds* land elsewhere (toy-m: 74-99%), so
+the seed is part of the recipe; what thread count and torch build do not move is what another machine gets.
 
 Why a root table and not one memorised fact per name: small GPTs on a 2-core CPU need far more passes to memorise
-random per-name facts than a 3-minute demo allows (2 layers x 64, 1000 names: a third of the exceptions after 150
-epochs), while a table shared by ~12 names a root is learnt in 12 epochs (~20 s).
+random per-name facts than a demo allows (2 layers x 64, 3000 names, 60 epochs: 9% of the exceptions), while a
+table shared by ~12 names a root is learnt in ~45 epochs.
+
+The models are cached per machine in <cache_dir or $W2S_CACHE or ~/.cache/w2s>/toy/<size>-<key>, the key a hash of
+everything that changes the weights (cache_key). Each directory also holds a zero classification head, so
+fine-tuning starts from Burns et al.'s zero head (add_zero_classification_head).
 
 The task "toy": one example per name, text "<name> is ", label 1 = hot. The test names' labels are never used for
 fine-tuning; the pretraining corpus covered every name, as GPT-2's corpus covered the world it is tested on.
@@ -44,31 +66,36 @@ FACT = "{name} is {label}."    # one pretraining row
 PROMPT = "{name} is "
 
 # train.py flag defaults for --task toy (flags on the command line still win); otherwise the paper's recipe (full
-# fine-tuning, 3 epochs, warmup 10%, early stopping on val). Chosen on val only (gold labels, seeds 0-2, DEMO pair,
-# one thread), by the smaller of min(student) - weak and ceiling - max(student) over the seeds:
-#   lr 5e-5 (paper)            students 0.84-0.91 but logconf 1.000 = ceiling; weak 0.65-0.78 (undertrained)
-#   lr 1.5e-4-2e-4             ceiling - logconf down to 0.017 (bs 32, 4 epochs) or 0.029 (bs 32, 3 epochs)
-#   lr 2.5e-4, bs 32, 3 epochs every student above the weak by >= 0.033, the ceiling above every student by >= 0.054
-#   lr 3e-4 / 5e-4 / 1e-3      the students imitate the weak labels (min(student) - weak 0.004 / -0.008 / -0.029)
-#   bs 16 or 64 at 2e-4-5e-4   no better; 5-6 epochs at 3e-4-5e-4: imitation again
-# This window exists because the students first pick up the strong model's most salient feature, its own belief,
-# and only with more training the first-letter rule that the weak labels follow (early stopping in the paper's sense).
+# fine-tuning, 3 epochs, warmup 10%, early stopping on val). Chosen on val only (gold labels; DEMO pair pretrained on
+# one thread; seeds 0-2, then 3-7 to check), by the worst over seeds of min(student) - weak and ceiling - max(student):
+#   lr 5e-5 (the paper's)       logconf student 1.000 = ceiling; weak models undertrained (0.65 on seed 0)
+#   lr 1.5e-4 / 2e-4            ceiling - max(student) 0.000 on some seed (logconf reaches the ceiling)
+#   lr 2.5e-4                   seeds 0-7: ceiling - max(student) >= 0.046; min(student) - weak >= 0.029, except
+#                               0.008 on seed 5, whose weak model is the best of all (0.833)
+#   lr 3e-4 / 5e-4 / 1e-3       students imitate the weak labels: min(student) - weak -0.004 / -0.008 / -0.029
+#   batch 16 or 64, 4-6 epochs  no better; pretraining with weight decay 0.1: students closer to the weak
+# The window exists because a student first picks up the strong model's most salient feature, its own belief, and
+# only with more training the first-letter rule that the weak labels follow. How far the naive and vote students get
+# depends on the strong model's pretraining trajectory, not only on what it knows: toy-l pretrained on 1 thread (99%
+# of the exceptions) gives them ~15% of the gap on test, on 2 threads (100%) ~45%; weak, logconf student and ceiling
+# barely move, and fine-tuning itself gives the same numbers on 1 and 2 threads.
 TRAIN_DEFAULTS = {"batch_size": 32, "max_length": 16, "lr": 2.5e-4}
 
 
-# the toy GPTs, name -> (n_layer, n_embd, n_head), in order of parameter count
+# the toy GPTs, name -> (n_layer, n_embd, n_head), in order of parameter count (and of knowledge: see above)
 SIZES = {"toy-xs": (1, 8, 1), "toy-s": (1, 16, 1), "toy-m": (2, 16, 2), "toy-l": (2, 32, 2)}
-DEMO = ("toy-s", "toy-l")  # (weak, strong) of `python w2s.py`
+DEMO = ("toy-s", "toy-l")  # (weak, strong) of `python w2s.py`: 23% vs 99% of the hidden table
 RECIPE = 2                 # bump when a change to the pretraining code changes the weights: it is part of the cache key
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "pretrain.json")
 
 
 @dataclass
 class PretrainConfig:
-    epochs: int = 60          # passes over the corpus, the same for every size
+    epochs: int = 60          # passes over the corpus, the same for every size: each ends on its plateau
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-3          # peak; linear warmup, then linear decay to 0
     warmup_frac: float = 0.05
+    weight_decay: float = 0.0  # on matrices only (nanoGPT); 0.1: toy-s 17% instead of 23%, and weaker W2S
     seed: int = 0             # init and batch order; the world has its own
 
 
@@ -317,7 +344,10 @@ def pretrain(model, idx, targets, config, device, desc=None):
     steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_frac * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, (total - s) / max(1, total - warmup)))
     order = torch.Generator().manual_seed(config.seed)
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,

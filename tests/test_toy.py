@@ -141,26 +141,42 @@ def test_unknown_size_is_refused(cache):
         toy.pretrained_model("toy-xxl")
 
 
-def _pretrain_in_subprocess(cache_dir):
+def _pretrain_in_subprocess(cache_dir, epochs=1, quiet=True):
     script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from data import toy; "
-              f"print(toy.pretrained_model('toy-xs', cache_dir={str(cache_dir)!r}, quiet=True, "
-              f"config=toy.PretrainConfig(epochs=1)))")
+              f"print(toy.pretrained_model('toy-xs', cache_dir={str(cache_dir)!r}, quiet={quiet}, "
+              f"config=toy.PretrainConfig(epochs={epochs})))")
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same key in both processes
     return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_two_processes_pretraining_one_size_at_once_both_succeed_with_one_directory(tmp_path):
-    procs = [_pretrain_in_subprocess(tmp_path) for _ in range(2)]
+def _one_valid_directory(cache_dir, procs):
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert [p.returncode for p in procs] == [0] * len(procs), [err for _, err in outs]
     paths = {out.strip() for out, _ in outs}
     assert len(paths) == 1
     path = Path(paths.pop())
-    entries = [p.name for p in (tmp_path / "toy").iterdir() if not p.name.endswith(".lock")]
+    entries = [p.name for p in (cache_dir / "toy").iterdir() if not p.name.endswith(".lock")]
     assert entries == [path.name] and all((path / f).is_file() for f in toy.MODEL_FILES)
     GPT.from_pretrained(path)
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_pretraining_one_size_at_once_both_succeed_with_one_directory(tmp_path):
+    _one_valid_directory(tmp_path, [_pretrain_in_subprocess(tmp_path) for _ in range(2)])
+
+
+@pytest.mark.slow
+def test_a_process_arriving_during_pretraining_waits_and_reuses_the_result(tmp_path):
+    first = _pretrain_in_subprocess(tmp_path, epochs=30)  # ~3 s of pretraining
+    deadline = time.time() + 120
+    while not list((tmp_path / "toy").glob(".tmp-*")):  # the first one holds the lock and is training
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()
+        time.sleep(0.02)
+    second = _pretrain_in_subprocess(tmp_path, epochs=30, quiet=False)
+    _, second_err = _one_valid_directory(tmp_path, [first, second])[1]
+    assert "[toy] pretrained" not in second_err  # it waited (or found the directory) and did not train again
 
 
 def test_a_rename_lost_to_another_process_keeps_the_winners_directory(cache, monkeypatch):
