@@ -1,33 +1,61 @@
 """
-The offline toy demo: a synthetic world, two small GPTs pretrained on it, and the classification task "toy".
+The offline toy demo: a synthetic world, four small GPTs pretrained on it, and the classification task "toy".
 
-    python w2s.py                  # = --task toy: pretrain both models (cached in OUT/pretrained), then the usual W2S
+    python w2s.py                  # = --task toy: DEMO = (toy-s, toy-l), pretrained once per machine, then W2S
+    python -c "from data import toy; print(toy.pretrained_model('toy-m'))"   # any size, as a model directory
 
 The world (fixed by its own seed): 3000 made-up names of 3-6 letters from a-p, each hot or cold. A name's first
 letter predicts its attribute (a-h hot, i-p cold) for 74% of the names; the rest are exceptions listed in a hidden
 16x16 table keyed by the first two letters (a name's "root"). The pretraining corpus states every name's attribute
-("hai is hot."). Both models read it for the same number of steps, through the same code as GPT-2 (model.py, random
-init, a byte-level tokenizer): the strong one (2 layers x 64) learns most of the root table, the weak one (1 layer
-x 32) little beyond the first-letter rule. That is the latent knowledge weak-to-strong fine-tuning may elicit.
+("hai is hot."). Every size reads it for the same 60 epochs through the same code as GPT-2 (model.py, random init,
+a byte-level tokenizer); the loss is on the attribute. What each size learns of the hidden table (knowledge(),
+"exceptions"; one thread, torch 2.13 and 2.14 alike):
+
+    toy-xs   1 layer  x  8, 1 head     3,032 parameters   16% of the exceptions (first-letter rule, mostly)
+    toy-s    1 layer  x 16, 1 head     7,600              23%
+    toy-m    2 layers x 16, 2 heads   10,880              82%
+    toy-l    2 layers x 32, 2 heads   34,048              99%
+
+One layer can only mix the two letters of a root in one attention average, so the 1-layer sizes keep to the
+first-letter rule and a few roots; two layers read the root at its second letter and carry it to the end.
+
+Why the recipe is what it is. The earlier one (12 epochs, loss on all of "hot.") stopped while the strong model was
+in the middle of learning the table, where its knowledge rose by ~10 points an epoch, so anything that moved the
+trajectory (1 vs 2 threads: a different order of floating-point sums) moved the result: 74% vs 94% of the
+exceptions for the same seed. Now every size trains until its curve is flat (toy-l reaches ~99% by epoch ~50 of 60,
+toy-m and the 1-layer sizes sit on their plateau for the last ~15 epochs) and the lr decays to 0 over that plateau,
+so 1, 2 and 4 threads and torch 2.13 / 2.14 give the same figures within 0.8 points (the record is in each model's
+pretrain.json). The plateaus of toy-s and toy-m are local optima: other *seeds* land elsewhere (toy-m: 74-99%), so
+the seed is part of the recipe; what thread count and torch build do not move is what another machine gets.
 
 Why a root table and not one memorised fact per name: small GPTs on a 2-core CPU need far more passes to memorise
-random per-name facts than a 3-minute demo allows (2 layers x 64, 1000 names: a third of the exceptions after 150
-epochs), while a table shared by ~12 names a root is learnt in 12 epochs (~20 s).
+random per-name facts than a demo allows (2 layers x 64, 3000 names, 60 epochs: 9% of the exceptions), while a
+table shared by ~12 names a root is learnt in ~45 epochs.
+
+The models are cached per machine in <cache_dir or $W2S_CACHE or ~/.cache/w2s>/toy/<size>-<key>, the key a hash of
+everything that changes the weights (cache_key). Each directory also holds a zero classification head, so
+fine-tuning starts from Burns et al.'s zero head (add_zero_classification_head).
 
 The task "toy": one example per name, text "<name> is ", label 1 = hot. The test names' labels are never used for
 fine-tuning; the pretraining corpus covered every name, as GPT-2's corpus covered the world it is tested on.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 WORLD = {"seed": 1234, "names": 3000, "letters": "abcdefghijklmnop", "min_len": 3, "max_len": 6,
          "surface_agreement": 0.75}
@@ -37,25 +65,38 @@ FACT = "{name} is {label}."    # one pretraining row
 # BPE would fold the space into " hot"; byte by byte the space is a token of its own and belongs to the prompt)
 PROMPT = "{name} is "
 
-# train.py flag defaults for --task toy (flags on the command line still win). Otherwise the paper's recipe (full
-# fine-tuning, lr 5e-5, 3 epochs), which on val (gold labels, seeds 0-2) gave weak ~0.70, ceiling ~0.96 and students
-# in between; lr 1e-4 and 1e-3 fit the weak labels closer (val PGR of the naive student 0.37 and -0.10 vs 0.44)
-TRAIN_DEFAULTS = {"batch_size": 32, "max_length": 16}
+# train.py flag defaults for --task toy (flags on the command line still win); otherwise the paper's recipe (full
+# fine-tuning, 3 epochs, warmup 10%, early stopping on val). Chosen on val only (gold labels; DEMO pair pretrained on
+# one thread; seeds 0-2, then 3-7 to check), by the worst over seeds of min(student) - weak and ceiling - max(student):
+#   lr 5e-5 (the paper's)       logconf student 1.000 = ceiling; weak models undertrained (0.65 on seed 0)
+#   lr 1.5e-4 / 2e-4            ceiling - max(student) 0.000 on some seed (logconf reaches the ceiling)
+#   lr 2.5e-4                   seeds 0-7: ceiling - max(student) >= 0.046; min(student) - weak >= 0.029, except
+#                               0.008 on seed 5, whose weak model is the best of all (0.833)
+#   lr 3e-4 / 5e-4 / 1e-3       students imitate the weak labels: min(student) - weak -0.004 / -0.008 / -0.029
+#   batch 16 or 64, 4-6 epochs  no better; pretraining with weight decay 0.1: students closer to the weak
+# The window exists because a student first picks up the strong model's most salient feature, its own belief, and
+# only with more training the first-letter rule that the weak labels follow. How far the naive and vote students get
+# depends on the strong model's pretraining trajectory, not only on what it knows: toy-l pretrained on 1 thread (99%
+# of the exceptions) gives them ~15% of the gap on test, on 2 threads (100%) ~45%; weak, logconf student and ceiling
+# barely move, and fine-tuning itself gives the same numbers on 1 and 2 threads.
+TRAIN_DEFAULTS = {"batch_size": 32, "max_length": 16, "lr": 2.5e-4}
+
+
+# the toy GPTs, name -> (n_layer, n_embd, n_head), in order of parameter count (and of knowledge: see above)
+SIZES = {"toy-xs": (1, 8, 1), "toy-s": (1, 16, 1), "toy-m": (2, 16, 2), "toy-l": (2, 32, 2)}
+DEMO = ("toy-s", "toy-l")  # (weak, strong) of `python w2s.py`: 23% vs 99% of the hidden table
+RECIPE = 2                 # bump when a change to the pretraining code changes the weights: it is part of the cache key
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "pretrain.json")
 
 
 @dataclass
 class PretrainConfig:
-    weak_layers: int = 1
-    weak_embd: int = 32
-    weak_heads: int = 1
-    strong_layers: int = 2
-    strong_embd: int = 64
-    strong_heads: int = 2
-    epochs: int = 12          # passes over the corpus, the same for both models (8: the strong knows 84%, 12: 95%)
+    epochs: int = 60          # passes over the corpus, the same for every size: each ends on its plateau
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-3          # peak; linear warmup, then linear decay to 0
     warmup_frac: float = 0.05
-    seed: int = 0             # init and batch order (seed 1: the strong knows 86%); the world has its own
+    weight_decay: float = 0.0  # on matrices only (nanoGPT); 0.1: toy-s 17% instead of 23%, and weaker W2S
+    seed: int = 0             # init and batch order; the world has its own
 
 
 def world(seed=WORLD["seed"], n_names=WORLD["names"]):
@@ -88,87 +129,250 @@ def read(name, data_dir):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# pretraining
+# pretraining, cached once per machine and torch build
 
-def pretrained_models(directory, device="auto", config=None):
-    """(weak_dir, strong_dir), as strings for the JSON configs: both toy GPTs pretrained on the world's corpus, each a
-    model directory (config.json, model.safetensors, byte-level tokenizer) for GPT.from_pretrained and load_tokenizer.
-    Trained once and written atomically; every later call with the same config finds them in `directory`."""
+def cache_root(cache_dir=None):
+    """<cache_dir or $W2S_CACHE or ~/.cache/w2s>/toy: one model directory per cache key, shared by every run."""
+    return Path(cache_dir or os.environ.get("W2S_CACHE") or Path.home() / ".cache" / "w2s").expanduser() / "toy"
+
+
+def pretrained_model(size, cache_dir=None, device="cpu", quiet=False, config=None):
+    """The model directory (config.json, model.safetensors, byte tokenizer files, pretrain.json with the pretraining
+    record and knowledge figures) of toy GPT `size` (a key of SIZES), pretrained on the world's corpus the first time
+    it is asked for on this machine and found in the cache afterwards. Written into a temporary directory and renamed
+    into place, so a killed run never leaves a half-written model; processes asking for the same model at once wait
+    for one another (a file lock), and if two still both train, the second rename finds the first's directory and
+    keeps it."""
+    if size not in SIZES:
+        raise ValueError(f"unknown toy model {size!r}; choose from {list(SIZES)}")
     config = config or PretrainConfig()
-    directory = Path(directory)
-    record = {"pretrain": dataclasses.asdict(config), "world": dict(WORLD), "fact": FACT, "prompt": PROMPT}
-    done = directory / "pretrain.json"
-    if done.exists():
-        found = json.loads(done.read_text())
-        if {k: found.get(k) for k in record} != record:
-            raise ValueError(f"{directory} holds toy models pretrained with another config ({done}); delete it or "
-                             "use another --out, so that no later stage mixes runs of two different models")
-        return str(directory / "weak"), str(directory / "strong")
-    if directory.exists():  # a directory without pretrain.json is not ours: never overwrite it
-        raise FileExistsError(f"{directory} exists but has no pretrain.json; delete it or use another --out")
+    device = _device(device)
+    key, what = cache_key(size, config, device)
+    root = cache_root(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    remove_orphans(root)
+    if _complete(final, key):
+        return str(final)
+    with _locked(root / f"{key}.lock", lambda: quiet or print(f"[toy] waiting for another process pretraining {size}",
+                                                                  file=sys.stderr, flush=True)):
+        if _complete(final, key):  # another process finished it while this one waited
+            return str(final)
+        for tmp in root.glob(f".tmp-{key}-*"):  # we hold the lock: whoever wrote these was killed
+            shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=root))
+        try:
+            (tmp / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+            record = _pretrain_into(tmp, size, config, device, quiet)
+            record.update(key=key, cache_key=what)
+            (tmp / "pretrain.json").write_text(json.dumps(record, indent=1))  # last: marks the directory complete
+            (tmp / "owner.json").unlink()
+            publish(tmp, final, key)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
 
+
+def pretrained_models(directory=None, device="auto", config=None, cache_dir=None, quiet=False):
+    """(weak_dir, strong_dir): the demo pair DEMO, from the shared cache (pretrained_model). `directory` is ignored;
+    it was the per-run cache of earlier versions (w2s.py passed OUT/pretrained)."""
+    return tuple(pretrained_model(size, cache_dir=cache_dir, device=device, quiet=quiet, config=config) for size in DEMO)
+
+
+def resolve(model, device="cpu", cache_dir=None, quiet=False):
+    """A toy size name ("toy-s") -> its pretrained directory, anything else (a model directory) unchanged: lets
+    --weak / --strong name any toy size."""
+    return pretrained_model(model, cache_dir=cache_dir, device=device, quiet=quiet) if model in SIZES else model
+
+
+def cache_key(size, config, device="cpu"):
+    """(key, what): key = "<size>-<12 hex digits>", a hash of everything that changes the pretrained weights: the
+    recipe version, the size's shape, the pretraining config, the world (its facts, not only its seed), the texts,
+    the torch build, the device type and, on CPU, the thread count (the order of floating-point sums)."""
+    device = _device(device)
+    what = {"recipe": RECIPE, "size": size, "shape": list(SIZES[size]), "pretrain": dataclasses.asdict(config),
+            "world": world_digest(), "fact": FACT, "prompt": PROMPT, "torch": torch.__version__, "device": device.type}
+    if device.type == "cpu":
+        what["threads"] = torch.get_num_threads()
+    elif device.type == "cuda":
+        what["gpu"] = torch.cuda.get_device_name(device)
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{size}-{digest}", what
+
+
+def world_digest():
+    return hashlib.sha256("".join(f"{n}\t{y}\n" for n, y in world()).encode()).hexdigest()
+
+
+def publish(tmp, final, key):
+    """Rename the finished temporary directory into place. If another process got there first (its rename won, ours
+    fails with "Directory not empty"), keep its complete directory; the caller removes ours."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if _complete(final, key):
+            return
+        shutil.rmtree(final, ignore_errors=True)  # not a model directory of ours (a half copy?): replace it
+        os.rename(tmp, final)
+
+
+def remove_orphans(root, max_age=24 * 3600):
+    """Remove the temporary directories of pretraining runs that were killed: their process no longer exists on this
+    host, or (another host, or no owner record) they are older than max_age seconds."""
+    host = socket.gethostname()
+    for tmp in root.glob(".tmp-*"):
+        try:
+            owner = json.loads((tmp / "owner.json").read_text())
+        except (OSError, ValueError):
+            owner = None
+        try:
+            old = time.time() - tmp.stat().st_mtime > max_age
+        except OSError:
+            continue  # already gone
+        if old or (owner and owner.get("host") == host and not _alive(owner.get("pid"))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, TypeError, ValueError):
+        return True  # someone else's process, or no usable pid: leave its directory alone
+    return True
+
+
+def _complete(directory, key):
+    try:
+        record = json.loads((directory / "pretrain.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("key") == key and all((directory / f).is_file() for f in MODEL_FILES)
+
+
+@contextlib.contextmanager
+def _locked(path, on_wait):
+    """An exclusive lock on `path` (released by the OS if the process dies). Without fcntl (Windows) no lock: two
+    processes may then both pretrain, and publish() keeps one result."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _device(device):
+    device = str(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _pretrain_into(directory, size, config, device, quiet):
+    """Build, pretrain and save one toy GPT into `directory`; returns its record."""
     from model import GPT, GPTConfig
     from tokenizer import load_tokenizer, save_byte_tokenizer
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
-    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok = load_tokenizer(save_byte_tokenizer(tmp / "weak"))
+    t0 = time.time()
+    tok = load_tokenizer(save_byte_tokenizer(directory))
     facts = world()
-    rows = [tok.encode(FACT.format(name=n, label=LABEL_NAMES[y])) for n, y in facts]
-    prompt_lengths = [len(tok.encode(PROMPT.format(name=n))) for n, _ in facts]
-    sizes = {"weak": (config.weak_layers, config.weak_embd, config.weak_heads),
-             "strong": (config.strong_layers, config.strong_embd, config.strong_heads)}
-    for role, (n_layer, n_embd, n_head) in sizes.items():
-        t0 = time.time()
-        torch.manual_seed(config.seed)
-        model = GPT(GPTConfig(block_size=max(map(len, rows)), vocab_size=tok.vocab_size, n_layer=n_layer,
-                              n_head=n_head, n_embd=n_embd)).to(device)
-        final_loss = pretrain(model, rows, prompt_lengths, tok.pad_token, config, device)
-        model.cpu().save_pretrained(tmp / role)
-        save_byte_tokenizer(tmp / role)
-        record[role] = {"n_params": model.num_params(), "final_loss": final_loss, "seconds": round(time.time() - t0, 1),
-                        "knows": knowledge(model, tok, facts)}
-        print(f"[toy] pretrained {role} ({n_layer} layers x {n_embd}): {record[role]}", flush=True)
-    (tmp / "pretrain.json").write_text(json.dumps(record, indent=1))  # inside tmp: the rename publishes all at once
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, directory)
-    return str(directory / "weak"), str(directory / "strong")
+    n_layer, n_embd, n_head = SIZES[size]
+    idx, targets = corpus(tok, facts)
+    torch.manual_seed(config.seed)
+    model = GPT(GPTConfig(block_size=idx.shape[1], vocab_size=tok.vocab_size, n_layer=n_layer, n_head=n_head,
+                          n_embd=n_embd)).to(device)
+    final_loss = pretrain(model, idx, targets, config, device, desc=None if quiet else f"[toy] pretraining {size}")
+    model.cpu().save_pretrained(directory)
+    add_zero_classification_head(directory / "model.safetensors", n_embd, len(LABEL_NAMES))
+    record = {"size": size, "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_params": model.num_params(),
+              "final_loss": final_loss, "seconds": round(time.time() - t0, 1), "device": device.type,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "knowledge": knowledge(model, tok, facts)}
+    if not quiet:
+        print(f"[toy] pretrained {size} ({n_layer} layers x {n_embd}, {record['n_params']:,} parameters) in "
+              f"{record['seconds']} s: knows {record['knowledge']['accuracy']:.1%} of the world, "
+              f"{record['knowledge']['exceptions']:.1%} of the exceptions", file=sys.stderr, flush=True)
+    return record
 
 
-def pretrain(model, rows, prompt_lengths, pad_token, config, device):
-    """A plain causal LM loop over the facts, one fact per row starting at position 0 (as the task's texts do):
-    AdamW, linear warmup and decay, seeded batch order. The loss is on what each fact says about its name ("hot."),
-    as train.py's --loss-on continuation: the names are random letters with nothing to learn, and their loss (ln 26 =
-    3.3 nats a letter) drowns the facts' (measured with 26 letters: with it neither model learnt even the first-letter
-    rule in 20 epochs; with the copula " is " in the loss the strong model knew 80-87% of the world, without it 93%).
-    Returns the last batch's loss."""
-    T = max(map(len, rows))
-    idx = torch.full((len(rows), T), pad_token, dtype=torch.long)
-    targets = torch.full((len(rows), T), -100, dtype=torch.long)
-    for i, (ids, n) in enumerate(zip(rows, prompt_lengths)):
-        idx[i, :len(ids)] = torch.tensor(ids)
-        targets[i, n - 1:len(ids) - 1] = torch.tensor(ids[n:])  # right padding: no mask needed, pads are never targets
+def add_zero_classification_head(weights_file, n_embd, n_classes):
+    """Store a classification head of zeros (score.weight) beside the LM weights. GPT.from_pretrained(n_classes=2)
+    takes a stored head whose shape fits, so every fine-tuning of a toy model starts from a zero head, as Burns et
+    al.'s TransformerWithHead does ("initializes the linear head to zeros"), instead of model.py's random one: with
+    a random head these small models' students and weak models land wherever the head's first steps take them (on
+    val, seed 0, lr 5e-5: naive student 0.48, logconf 0.06, soft vote 0.92, weak 0.60), with zeros every run starts
+    from the same unbiased classifier. Loading the directory as an LM (n_classes=0) ignores it."""
+    from safetensors.torch import load_file, save_file
+    state = load_file(weights_file)
+    state["score.weight"] = torch.zeros(n_classes, n_embd)
+    save_file(state, weights_file, metadata={"format": "pt"})
+
+
+def corpus(tok, facts):
+    """(idx, targets) of the pretraining corpus, one right-padded row per fact "<name> is <attribute>.", cut after
+    the attribute's first byte, which is the row's one target: the bytes after it are fixed by it ("h" -> "ot."), and
+    the name's letters are random, so a loss on them (ln 16 a letter) would only drown the facts'."""
+    rows, where = [], []
+    for name, label in facts:
+        n = len(tok.encode(PROMPT.format(name=name)))
+        rows.append(tok.encode(FACT.format(name=name, label=LABEL_NAMES[label]))[:n + 1])
+        where.append(n - 1)  # the prompt's last position predicts the attribute
+    idx = torch.full((len(rows), max(map(len, rows))), tok.pad_token, dtype=torch.long)
+    targets = torch.full_like(idx, -100)
+    for i, (row, n) in enumerate(zip(rows, where)):
+        idx[i, :len(row)] = torch.tensor(row)
+        targets[i, n] = row[n + 1]
+    return idx, targets
+
+
+def pretrain(model, idx, targets, config, device, desc=None):
+    """A plain causal LM loop over the corpus (rows start at position 0, as the task's texts do): AdamW, linear
+    warmup then linear decay to 0, seeded batch order, every epoch a full pass. The logits are computed only where
+    there is a target. A tqdm bar (epoch, loss, ETA) when `desc` is given and stderr is a terminal. Returns the mean
+    loss of the last epoch."""
     idx, targets = idx.to(device), targets.to(device)
-    steps_per_epoch = -(-len(rows) // config.batch_size)
+    steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_frac * total))
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
-    schedule = lambda s: min((s + 1) / warmup, (total - s) / max(1, total - warmup))  # linear warmup, linear decay
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, (total - s) / max(1, total - warmup)))
     order = torch.Generator().manual_seed(config.seed)
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+               disable=desc is None or not sys.stderr.isatty())
     model.train()
-    for _ in range(config.epochs):
-        perm = torch.randperm(len(rows), generator=order).to(device)
-        for b in perm.split(config.batch_size):
-            _, loss = model(idx[b], targets=targets[b])
+    for epoch in range(config.epochs):
+        losses = []
+        for b in torch.randperm(len(idx), generator=order).to(device).split(config.batch_size):
+            t = targets[b]
+            where = t != -100
+            loss = F.cross_entropy(model.lm_head(model.hidden(idx[b])[where]).float(), t[where])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            if not bar.disable and len(losses) % 10 == 0:
+                recent = torch.stack(losses[-10:]).mean().item()
+                bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} loss {recent:.4f}", refresh=False)
+            bar.update()
+        epoch_loss = torch.stack(losses).mean().item()
+    bar.close()
     model.eval()
-    return round(loss.item(), 4)
+    return round(epoch_loss, 4)
 
 
 @torch.no_grad()

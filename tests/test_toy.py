@@ -1,17 +1,31 @@
 import functools
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
+import torch
 
 import train
 import w2s
 from data import load_task, toy
-from model import GPT
+from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
-# the same code paths as the demo, at a size that pretrains in about a second
-TINY = dict(weak_layers=1, weak_embd=16, weak_heads=1, strong_layers=1, strong_embd=32, strong_heads=2, epochs=1)
+ROOT = Path(__file__).resolve().parents[1]
+TINY = toy.PretrainConfig(epochs=1)  # the real recipe for one pass: a toy-xs pretrains in about a second
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private toy cache for the test ($W2S_CACHE), so no test reads or writes ~/.cache/w2s."""
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "toy"
 
 
 def test_world_is_deterministic_and_its_labels_follow_the_root_table():
@@ -41,41 +55,182 @@ def test_toy_task_splits_hold_every_name_once_with_its_world_label():
 
 def test_toy_train_defaults_apply_and_the_command_line_wins():
     cfg = train.parse_args(["--task", "toy"])
-    assert (cfg.batch_size, cfg.max_length, cfg.lr) == (32, 16, 5e-5)
+    assert all(getattr(cfg, k) == v for k, v in toy.TRAIN_DEFAULTS.items())
     assert train.parse_args(["--task", "toy", "--batch-size", "8"]).batch_size == 8
 
 
-def test_pretraining_writes_loadable_checkpoints_once_and_refuses_another_config(tmp_path, monkeypatch):
-    config = toy.PretrainConfig(**TINY)
-    weak_dir, strong_dir = toy.pretrained_models(tmp_path / "pretrained", device="cpu", config=config)
-    weak, strong = GPT.from_pretrained(weak_dir), GPT.from_pretrained(strong_dir)
-    assert (weak.config.n_layer, weak.config.n_embd, strong.config.n_embd) == (1, 16, 32)
-    tok = load_tokenizer(strong_dir)
-    assert tok.encode("hai is ") == list(b"hai is ") and tok.vocab_size == strong.config.vocab_size == 257
-    record = json.loads((tmp_path / "pretrained" / "pretrain.json").read_text())
-    assert record["pretrain"]["epochs"] == 1 and record["world"]["seed"] == toy.WORLD["seed"]
-    assert 0 <= record["strong"]["knows"]["accuracy"] <= 1
-    assert [p.name for p in tmp_path.iterdir()] == ["pretrained"]  # the temporary directory was renamed away
+def test_sizes_are_ordered_by_parameter_count_and_the_demo_pair_is_weak_then_strong():
+    params = [GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=L, n_embd=E, n_head=H)).num_params()
+              for L, E, H in toy.SIZES.values()]
+    assert params == sorted(params) and len(set(params)) == len(params) == 4
+    weak, strong = toy.DEMO
+    assert list(toy.SIZES).index(weak) < list(toy.SIZES).index(strong)
+
+
+def test_corpus_rows_end_at_the_attribute_which_is_their_only_target():
+    from tokenizer import load_tokenizer, save_byte_tokenizer
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tok = load_tokenizer(save_byte_tokenizer(d))
+    idx, targets = toy.corpus(tok, [("hai", 1), ("pobeck", 0)])
+    assert bytes(idx[0][:8].tolist()) == b"hai is h" and idx[0][8:].eq(tok.pad_token).all()
+    assert bytes(idx[1].tolist()) == b"pobeck is c"
+    assert (targets != -100).sum(1).tolist() == [1, 1]
+    assert targets[0, 6] == ord("h") and targets[1, 9] == ord("c")  # predicted at the prompt's last byte (the space)
+
+
+def test_cache_key_holds_everything_that_changes_the_weights(monkeypatch):
+    config = toy.PretrainConfig()
+    key, what = toy.cache_key("toy-s", config)
+    assert key.startswith("toy-s-") and what["threads"] == torch.get_num_threads() == 1  # conftest: one thread
+    assert toy.cache_key("toy-s", config) == (key, what)  # deterministic
+    keys = {key, toy.cache_key("toy-m", config)[0], toy.cache_key("toy-s", toy.PretrainConfig(epochs=7))[0],
+            toy.cache_key("toy-s", toy.PretrainConfig(lr=3e-4))[0], toy.cache_key("toy-s", config, device="meta")[0]}
+    torch.set_num_threads(2)  # the conftest fixture puts it back
+    keys.add(toy.cache_key("toy-s", config)[0])
+    torch.set_num_threads(1)
+    with monkeypatch.context() as m:
+        m.setattr(torch, "__version__", "9.9.9+cpu")
+        keys.add(toy.cache_key("toy-s", config)[0])
+    with monkeypatch.context() as m:
+        m.setitem(toy.WORLD, "surface_agreement", 0.7)  # another world: other facts
+        keys.add(toy.cache_key("toy-s", config)[0])
+    with monkeypatch.context() as m:
+        m.setitem(toy.SIZES, "toy-s", (1, 24, 1))  # same name, other shape
+        keys.add(toy.cache_key("toy-s", config)[0])
+    with monkeypatch.context() as m:
+        m.setattr(toy, "RECIPE", toy.RECIPE + 1)
+        keys.add(toy.cache_key("toy-s", config)[0])
+    assert len(keys) == 10
+
+
+def test_pretrained_model_is_a_loadable_directory_and_a_second_call_reuses_it(cache, monkeypatch, capsys):
+    path = toy.pretrained_model("toy-xs", config=TINY)
+    assert Path(path).parent == cache and Path(path).name == toy.cache_key("toy-xs", TINY)[0]
+    model = GPT.from_pretrained(path)
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == toy.SIZES["toy-xs"]
+    tok = load_tokenizer(path)
+    assert tok.encode("hai is ") == list(b"hai is ") and tok.vocab_size == model.config.vocab_size == 257
+    classifier = GPT.from_pretrained(path, n_classes=2)  # fine-tuning starts from a zero head, as Burns et al.'s
+    assert classifier.score.weight.shape == (2, model.config.n_embd) and not classifier.score.weight.any()
+    assert torch.equal(classifier.transformer.wte.weight, model.transformer.wte.weight)
+    record = json.loads((Path(path) / "pretrain.json").read_text())
+    assert record["cache_key"]["pretrain"]["epochs"] == 1 and record["cache_key"]["threads"] == 1
+    assert record["n_params"] == model.num_params() and 0 <= record["knowledge"]["exceptions"] <= 1
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [Path(path).name]  # no temporary dir
+    # stderr is not a terminal here: no progress bar, one plain line when the model is done
+    err = capsys.readouterr().err
+    assert err.count("[toy] pretrained toy-xs") == 1 and "\r" not in err
 
     def no_second_training(*args, **kwargs):
-        raise AssertionError("pretrained again although the cache holds this config")
+        raise AssertionError("pretrained again although the cache holds this model")
     monkeypatch.setattr(toy, "pretrain", no_second_training)
-    assert toy.pretrained_models(tmp_path / "pretrained", device="cpu", config=config) == (weak_dir, strong_dir)
-    with pytest.raises(ValueError, match="pretrained with another config"):
-        toy.pretrained_models(tmp_path / "pretrained", config=toy.PretrainConfig(**{**TINY, "epochs": 2}))
-    (tmp_path / "other").mkdir()
-    with pytest.raises(FileExistsError, match="has no pretrain.json"):
-        toy.pretrained_models(tmp_path / "other", config=config)
+    assert toy.pretrained_model("toy-xs", config=TINY) == path
+    monkeypatch.setattr(toy, "PretrainConfig", lambda: TINY)  # resolve() takes the default recipe
+    assert toy.resolve("toy-xs") == path and toy.resolve("/some/dir") == "/some/dir"
 
 
-def test_toy_demo_end_to_end_gives_pgr_and_the_same_results_twice(tmp_path, monkeypatch):
-    # w2s.py's own toy path (pretraining inside main), shrunk: tiny models, 40 examples a split, one epoch
-    monkeypatch.setattr(toy, "PretrainConfig", functools.partial(toy.PretrainConfig, **TINY))
+def test_quiet_pretraining_prints_nothing(cache, capsys):
+    toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    captured = capsys.readouterr()
+    assert captured.out == captured.err == ""
+
+
+def test_unknown_size_is_refused(cache):
+    with pytest.raises(ValueError, match="unknown toy model 'toy-xxl'"):
+        toy.pretrained_model("toy-xxl")
+
+
+def _pretrain_in_subprocess(cache_dir, epochs=1, quiet=True):
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from data import toy; "
+              f"print(toy.pretrained_model('toy-xs', cache_dir={str(cache_dir)!r}, quiet={quiet}, "
+              f"config=toy.PretrainConfig(epochs={epochs})))")
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same key in both processes
+    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _one_valid_directory(cache_dir, procs):
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), [err for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1
+    path = Path(paths.pop())
+    entries = [p.name for p in (cache_dir / "toy").iterdir() if not p.name.endswith(".lock")]
+    assert entries == [path.name] and all((path / f).is_file() for f in toy.MODEL_FILES)
+    GPT.from_pretrained(path)
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_pretraining_one_size_at_once_both_succeed_with_one_directory(tmp_path):
+    _one_valid_directory(tmp_path, [_pretrain_in_subprocess(tmp_path) for _ in range(2)])
+
+
+@pytest.mark.slow
+def test_a_process_arriving_during_pretraining_waits_and_reuses_the_result(tmp_path):
+    first = _pretrain_in_subprocess(tmp_path, epochs=30)  # ~3 s of pretraining
+    deadline = time.time() + 120
+    while not list((tmp_path / "toy").glob(".tmp-*")):  # the first one holds the lock and is training
+        assert first.poll() is None and time.time() < deadline, first.stderr.read()
+        time.sleep(0.02)
+    second = _pretrain_in_subprocess(tmp_path, epochs=30, quiet=False)
+    _, second_err = _one_valid_directory(tmp_path, [first, second])[1]
+    assert "[toy] pretrained" not in second_err  # it waited (or found the directory) and did not train again
+
+
+def test_a_rename_lost_to_another_process_keeps_the_winners_directory(cache, monkeypatch):
+    """Without the lock (e.g. no fcntl), two processes may both train: the second rename fails with "Directory not
+    empty" and must keep the first one's complete directory instead of crashing."""
+    real = toy._pretrain_into
+    winner = {}
+
+    def other_process_publishes_first(directory, size, config, device, quiet):
+        record = real(directory, size, config, device, quiet)
+        key, what = toy.cache_key(size, config, device)
+        other = cache / f".tmp-{key}-other"
+        other.mkdir()
+        real(other, size, config, device, quiet)
+        (other / "pretrain.json").write_text(json.dumps(dict(record, key=key, cache_key=what, winner=True)))
+        os.rename(other, cache / key)
+        winner["path"] = str(cache / key)
+        return record
+    monkeypatch.setattr(toy, "_pretrain_into", other_process_publishes_first)
+    path = toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    assert path == winner["path"] and json.loads((Path(path) / "pretrain.json").read_text())["winner"]
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [Path(path).name]
+
+
+def test_temporary_directories_of_killed_runs_are_removed_at_the_next_call(cache):
+    path = toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    owners = {"dead": {"pid": dead.pid, "host": host}, "alive": {"pid": os.getpid(), "host": host},
+              "elsewhere": {"pid": 1, "host": host + "-another"}, "old": None}
+    for name, owner in owners.items():
+        tmp = cache / f".tmp-toy-m-0123456789ab-{name}"
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"half written")
+        if owner:
+            (tmp / "owner.json").write_text(json.dumps(owner))
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(cache / ".tmp-toy-m-0123456789ab-old", (two_days_ago, two_days_ago))
+    assert toy.pretrained_model("toy-xs", config=TINY, quiet=True) == path  # a cache hit still cleans up
+    left = sorted(p.name.rsplit("-", 1)[1] for p in cache.glob(".tmp-*"))
+    assert left == ["alive", "elsewhere"]  # a live process's, and a recent one of another host, are left alone
+
+
+@pytest.mark.slow
+def test_toy_demo_end_to_end_gives_pgr_and_the_same_results_twice(tmp_path, cache, monkeypatch):
+    # w2s.py's own toy path (pretraining inside main), shrunk: one pretraining epoch, 40 examples a split, one epoch
+    monkeypatch.setattr(toy, "PretrainConfig", functools.partial(toy.PretrainConfig, epochs=1))
     texts = []
     for run in ("a", "b"):
         out = tmp_path / run
         results = w2s.main(["--out", str(out), "--limit", "40", "--epochs", "1", "--n-boot", "50"])
-        assert (out / "pretrained" / "strong" / "model.safetensors").is_file()
+        assert Path(results["config"]["strong_model"]).parent == cache  # the shared cache, not the run dir
+        assert Path(results["config"]["strong_model"]).name.startswith(toy.DEMO[1])
         assert "student_naive" in (out / "results.md").read_text()
         pgr = results["seeds"]["0"]["pgr"]
         assert set(pgr) == {"student_naive", "student_logconf", "student_hard", "student_soft"}
