@@ -170,8 +170,7 @@ def owned(out):
     """What a w2s run puts in OUT (everything --overwrite may delete)."""
     out = Path(out)
     return [p for p in out.iterdir() if re.fullmatch(r"seed\d+", p.name) and p.is_dir()
-            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png") or p.name.startswith("results_")
-            or p.name.endswith(".worker.log")]  # --jobs: each stage's output
+            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png") or p.name.startswith("results_")]
 
 
 def check_experiment(out, experiment, overwrite):

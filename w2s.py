@@ -26,11 +26,12 @@ One experiment per directory: OUT/experiment.json records everything that change
 experiment resumes it (more --seeds are added to it), anything else is refused unless --overwrite. Results:
 OUT/results.json, OUT/results.md, OUT/results.png, covering every seed of the experiment.
 """
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -262,45 +263,44 @@ def marker(out, stage):
 
 def run_stages(stages, out, cfg, scorer):
     """Every stage, each after its inputs. A stage that is (re)done makes every stage downstream of it rerun, so a
-    result never rests on inputs older than itself. With --jobs N, independent stages run as N worker processes."""
+    result never rests on inputs older than itself. With --jobs N, independent stages run in N worker processes
+    (started once, each pinned to one GPU or to its share of the CPU threads). Returns each stage's wall seconds."""
     redone, done, running, queue = set(), set(), {}, list(stages)
     n, started, seconds = len(stages), 0, {}
-    threads = max(1, __import__("torch").get_num_threads() // cfg.jobs)
-    gpus = _visible_gpus() if cfg.jobs > 1 else []
-    while queue or running:
-        stage = next((s for s in queue if all(n_ in done for n_ in s.needs)), None)
-        if stage is not None and len(running) < cfg.jobs:
-            queue.remove(stage)
-            started += 1
-            stale = [n_ for n_ in stage.needs if n_ in redone]
-            if stale and marker(out, stage) is not None:
-                print(f"[{stage.path}] rerunning: its input {stale[0]} was redone", flush=True)
-                rundir.invalidate(out / stage.path)
-            before = marker(out, stage)
-            print(f"[{started}/{n}] {stage.path} ({stage.cfg.model})", flush=True)
-            seconds[stage.path] = time.time()
-            if cfg.jobs == 1:
-                train.run(stage_cfg(stage, out))
-                finish_stage(stage, out, before, redone, done, scorer)
-                seconds[stage.path] = time.time() - seconds[stage.path]
-            else:
-                running[stage.path] = (stage, before, _start_worker(stage, out, started, gpus, threads))
-            continue
-        if not running:
-            raise RuntimeError(f"stages {[s.path for s in queue]} wait for inputs that are never run")
-        time.sleep(0.2)
-        for path, (stage, before, (proc, log)) in list(running.items()):
-            if proc.poll() is None:
+    pool = _worker_pool(cfg.jobs) if cfg.jobs > 1 else None
+    try:
+        while queue or running:
+            stage = next((s for s in queue if all(n_ in done for n_ in s.needs)), None)
+            if stage is not None and len(running) < cfg.jobs:
+                queue.remove(stage)
+                started += 1
+                stale = [n_ for n_ in stage.needs if n_ in redone]
+                if stale and marker(out, stage) is not None:
+                    print(f"[{stage.path}] rerunning: its input {stale[0]} was redone", flush=True)
+                    rundir.invalidate(out / stage.path)
+                before = marker(out, stage)
+                print(f"[{started}/{n}] {stage.path} ({stage.cfg.model})", flush=True)
+                seconds[stage.path] = time.time()
+                if pool is None:
+                    train.run(stage_cfg(stage, out))
+                    finish_stage(stage, out, before, redone, done, scorer)
+                    seconds[stage.path] = time.time() - seconds[stage.path]
+                else:
+                    running[stage.path] = (stage, before, pool.submit(train.run, stage_cfg(stage, out)))
                 continue
-            del running[path]
-            if proc.returncode != 0:
-                for _, _, (other, _) in running.values():
-                    other.terminate()
-                tail = Path(log).read_text(errors="replace").strip().splitlines()[-15:]
-                raise UserError(f"stage {path} failed (exit {proc.returncode}); its output ends with: " +
-                                " | ".join(tail) + f" (whole output: {log})")
-            finish_stage(stage, out, before, redone, done, scorer)
-            seconds[path] = time.time() - seconds[path]
+            if not running:
+                raise RuntimeError(f"stages {[s.path for s in queue]} wait for inputs that are never run")
+            finished, _ = concurrent.futures.wait([f for _, _, f in running.values()],
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+            for path, (stage, before, future) in list(running.items()):
+                if future in finished:
+                    del running[path]
+                    future.result()  # a worker's error is raised here, as it would be in this process
+                    finish_stage(stage, out, before, redone, done, scorer)
+                    seconds[path] = time.time() - seconds[path]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return seconds
 
 
@@ -312,23 +312,26 @@ def finish_stage(stage, out, before, redone, done, scorer):
         w2s_eval.score_run(out / run, scorer)
 
 
-def _visible_gpus():
+def _worker_pool(jobs):
+    """N worker processes, started once (a stage then costs no new interpreter): with GPUs each takes one, round
+    robin over the visible ones; on CPU each gets its share of this process's threads."""
     import torch
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked CUDA or OpenMP state
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    slots = context.Queue()
+    for k in range(jobs):
+        slots.put(str(gpus[k % len(gpus)]) if gpus else None)
+    threads = max(1, torch.get_num_threads() // jobs)
+    return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
+                                                  initargs=(slots, threads))
 
 
-def _start_worker(stage, out, slot, gpus, threads):
-    """One stage as `python train.py ...` in its own process: pinned to one GPU (round robin) when there are GPUs,
-    else to its share of the CPU threads. Its output goes to a log file beside the run directory."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
-    log = out / stage.path / "worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(command(stage, out, sys.executable) + ["--quiet"], stdout=f, stderr=subprocess.STDOUT,
-                                env=env)
-    return proc, log
+def _worker_start(slots, threads):
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the worker's first CUDA call
+    import torch
+    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -85,7 +85,15 @@ TRAIN_DEFAULTS = {"batch_size": 32, "max_length": 16, "lr": 2.5e-4}
 # the toy GPTs, name -> (n_layer, n_embd, n_head), in order of parameter count (and of knowledge: see above)
 SIZES = {"toy-xs": (1, 8, 1), "toy-s": (1, 16, 1), "toy-m": (2, 16, 2), "toy-l": (2, 32, 2)}
 DEMO = ("toy-s", "toy-l")  # (weak, strong) of `python w2s.py`: 23% vs 99% of the hidden table
+DEFAULT_MODELS = {"weak": DEMO[0], "strong": DEMO[1]}  # w2s.py's pair for --task toy (--weak / --strong override)
 RECIPE = 2                 # bump when a change to the pretraining code changes the weights: it is part of the cache key
+# Pretraining runs on this many CPU threads whatever the machine has: the order of floating-point sums follows the
+# thread count, and although each size's knowledge is the same within 0.8 points on 1, 2 or 4 threads, the weights
+# are not, and the naive student's PGR moved with them (0.16 pretrained on 1 thread, 0.48 on 2). Pinned, every
+# machine gets the same toy models, so the demo's table is the same on every machine; these tiny models gain
+# nothing from a second thread.
+PRETRAIN_THREADS = 1
+
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "pretrain.json")
 
 
@@ -193,7 +201,7 @@ def cache_key(size, config, device="cpu"):
     what = {"recipe": RECIPE, "size": size, "shape": list(SIZES[size]), "pretrain": dataclasses.asdict(config),
             "world": world_digest(), "fact": FACT, "prompt": PROMPT, "torch": torch.__version__, "device": device.type}
     if device.type == "cpu":
-        what["threads"] = torch.get_num_threads()
+        what["threads"] = PRETRAIN_THREADS
     elif device.type == "cuda":
         what["gpu"] = torch.cuda.get_device_name(device)
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
@@ -291,12 +299,17 @@ def _pretrain_into(directory, size, config, device, quiet):
     torch.manual_seed(config.seed)
     model = GPT(GPTConfig(block_size=idx.shape[1], vocab_size=tok.vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd)).to(device)
-    final_loss = pretrain(model, idx, targets, config, device, desc=None if quiet else f"[toy] pretraining {size}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        final_loss = pretrain(model, idx, targets, config, device, desc=None if quiet else f"[toy] pretraining {size}")
+    finally:
+        torch.set_num_threads(threads)
     model.cpu().save_pretrained(directory)
     add_zero_classification_head(directory / "model.safetensors", n_embd, len(LABEL_NAMES))
     record = {"size": size, "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_params": model.num_params(),
               "final_loss": final_loss, "seconds": round(time.time() - t0, 1), "device": device.type,
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "threads": PRETRAIN_THREADS, "torch": torch.__version__,
               "knowledge": knowledge(model, tok, facts)}
     if not quiet:
         print(f"[toy] pretrained {size} ({n_layer} layers x {n_embd}, {record['n_params']:,} parameters) in "

@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,10 @@ import torch
 # No test may reach the network; huggingface_hub reads this at import and fails fast instead of hanging.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Nothing a test caches (toy models, the offline toxicity scorer) lands in the user's ~/.cache/w2s: one private cache
+# for the whole session, inherited by the subprocesses tests start, removed at the end.
+os.environ["W2S_CACHE"] = tempfile.mkdtemp(prefix="w2s-test-cache-")
+atexit.register(shutil.rmtree, os.environ["W2S_CACHE"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -66,7 +66,7 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
     one = w2s.main(sweep(tmp_path / "one", "--jobs", "1", "--students", "naive"))
     two = w2s.main(sweep(tmp_path / "two", "--jobs", "2", "--students", "naive"))  # 7 stages, 2 worker processes
     assert without_paths(two) == without_paths(one)
-    assert (tmp_path / "two" / "seed0" / LABELS[0] / "weak" / "worker.log").is_file()
+
 
 
 def test_chain_trains_in_order_each_model_on_the_previous_ones_labels(tmp_path, trained):

@@ -13,6 +13,7 @@ import torch
 
 import train
 import w2s
+from helpers import without_paths
 from data import load_task, toy
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
@@ -82,13 +83,15 @@ def test_corpus_rows_end_at_the_attribute_which_is_their_only_target():
 def test_cache_key_holds_everything_that_changes_the_weights(monkeypatch):
     config = toy.PretrainConfig()
     key, what = toy.cache_key("toy-s", config)
-    assert key.startswith("toy-s-") and what["threads"] == torch.get_num_threads() == 1  # conftest: one thread
+    assert key.startswith("toy-s-") and what["threads"] == toy.PRETRAIN_THREADS == 1
     assert toy.cache_key("toy-s", config) == (key, what)  # deterministic
     keys = {key, toy.cache_key("toy-m", config)[0], toy.cache_key("toy-s", toy.PretrainConfig(epochs=7))[0],
             toy.cache_key("toy-s", toy.PretrainConfig(lr=3e-4))[0], toy.cache_key("toy-s", config, device="meta")[0]}
-    torch.set_num_threads(2)  # the conftest fixture puts it back
-    keys.add(toy.cache_key("toy-s", config)[0])
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)  # the machine's threads do not matter: pretraining always runs on PRETRAIN_THREADS
+    assert toy.cache_key("toy-s", config)[0] == key  # (the conftest fixture puts the thread count back)
+    with monkeypatch.context() as m:
+        m.setattr(toy, "PRETRAIN_THREADS", 2)
+        keys.add(toy.cache_key("toy-s", config)[0])
     with monkeypatch.context() as m:
         m.setattr(torch, "__version__", "9.9.9+cpu")
         keys.add(toy.cache_key("toy-s", config)[0])
@@ -229,11 +232,20 @@ def test_toy_demo_end_to_end_gives_pgr_and_the_same_results_twice(tmp_path, cach
     for run in ("a", "b"):
         out = tmp_path / run
         results = w2s.main(["--out", str(out), "--limit", "40", "--epochs", "1", "--n-boot", "50"])
-        assert Path(results["config"]["strong_model"]).parent == cache  # the shared cache, not the run dir
-        assert Path(results["config"]["strong_model"]).name.startswith(toy.DEMO[1])
+        assert results["config"]["models"] == list(toy.DEMO)  # the specs; their weights from the shared cache
+        assert (cache / toy.cache_key(toy.DEMO[1], toy.PretrainConfig())[0]).is_dir() and not (out / "pretrained").exists()
         assert "student_naive" in (out / "results.md").read_text()
         pgr = results["seeds"]["0"]["pgr"]
         assert set(pgr) == {"student_naive", "student_logconf", "student_hard", "student_soft"}
         assert all({"pgr", "lo", "hi"} <= set(pgr[s]["accuracy"]) for s in pgr)
-        texts.append((out / "results.json").read_text().replace(str(out), "OUT"))
+        texts.append(without_paths(json.loads((out / "results.json").read_text().replace(str(out), "OUT"))))
     assert texts[0] == texts[1]
+
+
+def test_pretraining_runs_on_its_own_thread_count_whatever_the_machine_has(cache, monkeypatch):
+    seen = []
+    real = toy.pretrain
+    monkeypatch.setattr(toy, "pretrain", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    torch.set_num_threads(2)  # the conftest fixture puts it back
+    toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    assert seen == [toy.PRETRAIN_THREADS] and torch.get_num_threads() == 2

@@ -111,13 +111,13 @@ def test_each_number_changing_flag_is_part_of_the_experiment(shared_data, models
      "--genft-epochs", "2", "--hard-labels", "--epochs", "0", "--max-steps", "5", "--no-save-checkpoint"],
     ["--task", "toxicity", "--protocol", "rtp", "--loss-on", "continuation"],
 ], ids=["safety", "toxicity"])
-def test_jobs_workers_train_exactly_what_the_in_process_stage_trains(shared_data, flags):
-    """--jobs N runs each stage as `python train.py <flags>`: those flags must give back the stage's whole config,
-    or a parallel run would train (and record) something else than the experiment says."""
+def test_printed_stage_commands_train_exactly_what_the_in_process_stage_trains(shared_data, flags):
+    """--print-commands gives each stage as `python train.py <flags>`: those flags must give back the stage's whole
+    config, or a cluster run would train (and record) something else than the experiment says."""
     cfg, base = w2s.parse_args(["--data-dir", str(shared_data), "--limit", "24", "--weak", "random:1x16", "--strong",
                                 "random:2x32"] + flags)
     kind = train.cached_task(base.task, base.data_dir, 0, base.limit).kind
-    stages = w2s.stages_of_seed(cfg, base, kind, 0, "random:1x16", "random:2x32")[0]
+    stages = w2s.stages_of_seed(cfg, base, kind, 0, ["random:1x16", "random:2x32"])[0]
     assert len(stages) >= 3
     for stage in stages:
         command = w2s.command(stage, Path("/runs/x"))
