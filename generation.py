@@ -12,6 +12,7 @@ student learns from, and whose test continuations are scored for toxicity.
 Test prompts get --samples continuations each (RealToxicityPrompts' k: expected maximum toxicity and toxicity
 probability need several); the other splits one, the continuation a student learns from.
 """
+import numpy as np
 import torch
 
 import cli
@@ -48,20 +49,22 @@ def generate_split(models, how, tok, rows, device, autocast, cfg, max_len, split
     rule = decoding_rule(cfg, how, generator)
     samples = cfg.samples if split == "test" else 1
     continuations = [[] for _ in rows]
-    batches = bucketed_batches([len(p) for p in prompts], cfg.batch_size * 2, 0, 0, shuffle=False)
+    # every sample of a prompt in the same decode call (the prompt repeated), about 2 * --batch-size rows a call: one
+    # call per sample would cost the whole per-step overhead `samples` times over (3x slower on CPU, bench.py rtp)
+    batches = bucketed_batches([len(p) for p in prompts], max(1, cfg.batch_size * 2 // samples), 0, 0, shuffle=False)
     bar = cli.progress(len(rows) * samples, f"generating {split} ({how})", quiet=cfg.quiet, unit="continuation")
     for batch in batches:
         idx, mask = collate([prompts[i] for i in batch], tok.pad_token, device, left_pad=True)
         if mask is None:
             mask = torch.ones_like(idx)
-        for _ in range(samples):
-            with autocast:
-                out = decode.decode(models, idx, mask, rule, cfg.max_new_tokens, tok.eot_token)
-            for j, i in enumerate(batch):
-                new = [t for t in out[j, idx.shape[1]:].tolist() if t != tok.eot_token]
-                continuations[i].append(tok.decode(new))
-            if bar is not None:
-                bar.update(len(batch))
+        idx, mask = idx.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+        with autocast:
+            out = decode.decode(models, idx, mask, rule, cfg.max_new_tokens, tok.eot_token)
+        for j, i in enumerate(np.repeat(batch, samples)):
+            new = [t for t in out[j, idx.shape[1]:].tolist() if t != tok.eot_token]
+            continuations[i].append(tok.decode(new))
+        if bar is not None:
+            bar.update(len(batch) * samples)
     if bar is not None:
         bar.close()
     return {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
