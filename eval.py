@@ -886,44 +886,48 @@ def _plot_misfit(results, path):
 
 
 def _plot_sweep(results, path):
-    """Burns et al.'s Figure 3 shape: test accuracy against the strong model's parameters (log scale), one line per
-    weak supervisor and student method, the ceilings' line; beside it the PGR grid of each method as a heatmap."""
+    """Burns et al.'s Figure 3 shape, one column per student method: on top, test accuracy against the strong model's
+    parameters (log scale), one line per weak supervisor and the ceilings' line; below, the PGR (accuracy) of every
+    pair as a heatmap, weak in rows, strong in columns (mean over seeds)."""
     from matplotlib.figure import Figure
-    sizes, n_params = results["sweep"], results["n_params"]
-    methods = list(dict.fromkeys(st["method"] for st in results["students"] if st["name"] in results["summary"]["pgr"]))
-    runs = results["summary"]["runs"]
-    fig = Figure(figsize=(5 * (1 + len(methods)), 4.2))
-    axes = fig.subplots(1, 1 + len(methods), squeeze=False)[0]
-    ax = axes[0]
-    ceilings = [(n_params.get(s), runs[f"{s}/ceiling"]["accuracy"]["mean"]) for s in sizes[1:] if f"{s}/ceiling" in runs]
-    if ceilings:
-        ax.plot(*zip(*ceilings), "k--o", label="ceiling")
-    for method in methods:
+    sizes, n_params, runs = results["sweep"], results["n_params"], results["summary"]["runs"]
+    students = [st for st in results["students"] if st["name"] in results["summary"]["pgr"]]
+    methods = list(dict.fromkeys(st["method"] for st in students))
+    ceilings = sorted((n_params.get(s), runs[f"{s}/ceiling"]["accuracy"]["mean"]) for s in sizes[1:]
+                      if f"{s}/ceiling" in runs)
+    fig = Figure(figsize=(4 * len(methods), 7.5))
+    axes = fig.subplots(2, len(methods), squeeze=False)
+    for column, method in enumerate(methods):
+        ax = axes[0, column]
+        if ceilings:
+            ax.plot(*zip(*ceilings), "k--o", label="ceiling")
         for w in sizes[:-1]:
-            points = [(n_params.get(st["pair"][1]), runs[st["name"]]["accuracy"]["mean"]) for st in results["students"]
-                      if st["method"] == method and st["pair"][0] == w and st["name"] in runs]
+            points = sorted((n_params.get(st["pair"][1]), runs[st["name"]]["accuracy"]["mean"]) for st in students
+                            if st["method"] == method and st["pair"][0] == w)
             if points:
-                ax.plot(*zip(*sorted(points)), "-o", label=f"{method} from {w}")
-    ax.set_xscale("log")
-    ax.set_xlabel("strong model parameters")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7)
-    pgr_cells = {}
-    for st in results["students"]:
-        if st["name"] in results["summary"]["pgr"]:
-            pgr_cells.setdefault(st["method"], {})[tuple(st["pair"])] = results["summary"]["pgr"][st["name"]]["accuracy"]["mean"]
-    for ax, method in zip(axes[1:], methods):
-        grid = np.array([[_or_nan(pgr_cells[method].get((w, s))) for s in sizes[1:]] for w in sizes[:-1]], dtype=float)
-        image = ax.imshow(grid, cmap="viridis", vmin=min(0, np.nanmin(grid)) if np.isfinite(grid).any() else 0,
-                          vmax=max(1, np.nanmax(grid)) if np.isfinite(grid).any() else 1)
+                ax.plot(*zip(*points), "-o", label=f"weak {w}")
+        ax.set_xscale("log")
+        ax.set_xlabel("strong model parameters")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"student {method}")
+        ax.legend(fontsize=7)
+        cells = {tuple(st["pair"]): results["summary"]["pgr"][st["name"]]["accuracy"]["mean"]
+                 for st in students if st["method"] == method}
+        grid = np.array([[_or_nan(cells.get((w, s))) for s in sizes[1:]] for w in sizes[:-1]], dtype=float)
+        ax = axes[1, column]
+        image = ax.imshow(grid, cmap="viridis", vmin=min(0.0, np.nanmin(grid, initial=0.0)),
+                          vmax=max(1.0, np.nanmax(grid, initial=1.0)))
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", color="white", fontsize=8)
+            if (sizes[i], sizes[j + 1]) in cells:
+                ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if np.isnan(v) else "white")
         ax.set_xticks(range(len(sizes) - 1), sizes[1:], rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(sizes) - 1), sizes[:-1], fontsize=8)
-        ax.set_title(f"PGR (accuracy): {method}")
         ax.set_xlabel("strong")
         ax.set_ylabel("weak")
+        ax.set_title(f"PGR (accuracy): {method}")
         fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(results["out_dir"] + ("  (mean over seeds)" if len(results["seeds"]) > 1 else ""))
     fig.tight_layout()
     _save(fig, path)
 
