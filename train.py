@@ -61,6 +61,8 @@ class TrainConfig:
     data_dir: str | None = None      # folder with one sub-folder per task (e.g. ../shared/data); none = download
     seed: int = 0                    # fixes the splits, the initialisation and the batch order
     device: str = "auto"             # auto = cuda when available, else cpu
+    threads: int = 0                 # CPU threads for this run; 0 = torch's default (one per core). Tiny models run
+    # as fast on 1, and a busy machine slows many threads down far more (the toy task's default: 1)
     limit: int | None = None         # cap every split at this many examples (stratified)
     quiet: bool = False              # plain log lines instead of progress bars
     # students
@@ -146,7 +148,8 @@ def check_config(cfg):
                           ("grad_clip", cfg.grad_clip > 0, "must be > 0"),
                           ("evals_per_epoch", cfg.evals_per_epoch >= 1, "must be at least 1"),
                           ("patience", cfg.patience >= 1, "must be at least 1"),
-                          ("log_every", cfg.log_every >= 1, "must be at least 1")]:
+                          ("log_every", cfg.log_every >= 1, "must be at least 1"),
+                          ("threads", cfg.threads >= 0, "must be >= 0 (0: torch's default)")]:
         if not ok:
             bad(flag, why)
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; every rank takes an equal share of each batch
@@ -378,8 +381,26 @@ def run(cfg: TrainConfig, force=False):
     with the same settings and inputs is skipped unless `force`."""
     check_config(cfg)
     cfg.out = cfg.out or default_out(cfg)
-    if cfg.ensemble > 1:
-        return run_ensemble(cfg)
+    with cpu_threads(cfg.threads):
+        if cfg.ensemble > 1:
+            return run_ensemble(cfg)
+        return run_one(cfg, force)
+
+
+@contextlib.contextmanager
+def cpu_threads(n):
+    """torch's CPU threads set to n (0: left as they are) for the block, then put back."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_one(cfg, force=False):
+    """run() of one model: skipped when done, else trained, evaluated and saved."""
     if cfg.selective:  # its two cross-fitting folds first (skipped when done)
         for k in (0, 1):
             run(dataclasses.replace(cfg, selective=False, fold=k, out=str(Path(cfg.out) / f"fold{k}")))

@@ -79,7 +79,9 @@ PROMPT = "{name} is "
 # depends on the strong model's pretraining trajectory, not only on what it knows: toy-l pretrained on 1 thread (99%
 # of the exceptions) gives them ~15% of the gap on test, on 2 threads (100%) ~45%; weak, logconf student and ceiling
 # barely move, and fine-tuning itself gives the same numbers on 1 and 2 threads.
-TRAIN_DEFAULTS = {"batch_size": 32, "max_length": 16, "lr": 2.5e-4}
+# threads 1: the printed table is the same on 1 and 2 threads, and on a busy 2-core machine two threads of these tiny
+# models ran the demo 20x slower than on an idle one (150 s instead of 7 s), waiting on each other.
+TRAIN_DEFAULTS = {"batch_size": 32, "max_length": 16, "lr": 2.5e-4, "threads": 1}
 
 
 # the toy GPTs, name -> (n_layer, n_embd, n_head), in order of parameter count (and of knowledge: see above)
