@@ -62,7 +62,7 @@ class TrainConfig:
     seed: int = 0                    # fixes the splits, the initialisation and the batch order
     device: str = "auto"             # auto = cuda when available, else cpu
     threads: int = 0                 # CPU threads for this run; 0 = torch's default (one per core). Tiny models run
-    # as fast on 1, and a busy machine slows many threads down far more (the toy task's default: 1)
+    # as fast on 1, and a busy machine slows many threads down far more (the toy task sets 1)
     limit: int | None = None         # cap every split at this many examples (stratified)
     quiet: bool = False              # plain log lines instead of progress bars
     # students
