@@ -49,21 +49,30 @@ def sha256_json(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(spec):
+def model_identity(spec, tokenizer=None):
     """What a model is, independent of where it lies: a Hub name by repository and commit, a local directory by the
-    sha256 of its files (weights, config, tokenizer), a random-init shape by its spec. A checkpoint whose config or
-    weights cannot be read is refused here (model.check_checkpoint), before a run makes its directory."""
+    sha256 of its files (weights, config, tokenizer), a random-init shape by its spec and its tokenizer (a directory
+    by its files' sha256). A checkpoint whose config or weights cannot be read is refused here
+    (model.check_checkpoint), before a run makes its directory."""
     import model
     spec = str(spec)
     if spec.startswith("random:"):
-        return {"random": spec}
+        tokenizer = "" if tokenizer in (None, "bytes") else str(tokenizer)  # the byte tokenizer goes with the shape
+        if tokenizer and Path(tokenizer).expanduser().is_dir():
+            tokenizer = {"sha256": files_sha256(Path(tokenizer).expanduser())}
+        return {"random": spec, "tokenizer": tokenizer} if tokenizer else {"random": spec}
     local = Path(spec).expanduser()
     if local.is_dir():
         model.check_checkpoint(local)
-        files = sorted(p for p in local.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".txt", ".bpe"))
-        return {"sha256": sha256_json({p.name: sha256_file(p) for p in files})}
+        return {"sha256": files_sha256(local)}
     config_file, _ = model.check_checkpoint(spec)  # a Hub name: its snapshot directory is named after the commit
     return {"hub": model.hub_repo(spec), "revision": Path(config_file).parent.name}
+
+
+def files_sha256(directory):
+    """One sha256 over the model and tokenizer files of a directory, by name and content."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".txt", ".bpe"))
+    return sha256_json({p.name: sha256_file(p) for p in files})
 
 
 def data_identity(summary):

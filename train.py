@@ -282,7 +282,7 @@ def prepare(cfg):
     n_classes = 0 if generation else len(task.label_names)
     train_rows = list(task.splits["weak_train" if cfg.role == "weak" else "w2s_train"])
     val_rows = list(task.splits["val"])
-    inputs = {"model": rundir.model_identity(model_source), "data": rundir.data_identity(task.summary())}
+    inputs = {"model": rundir.model_identity(model_source, tok_source), "data": rundir.data_identity(task.summary())}
     supervisor = ""
     if cfg.role != "student":
         train_targets = gold_targets(train_rows, n_classes, generation)

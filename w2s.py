@@ -394,7 +394,7 @@ def experiment_models(cfg, base, kind):
 
 def model_record(spec, data_dir, quiet):
     source, tokenizer = train.resolve_model(spec, data_dir, quiet)
-    identity = rundir.model_identity(source)  # refuses an unreadable checkpoint before OUT is made
+    identity = rundir.model_identity(source, tokenizer)  # refuses an unreadable checkpoint before OUT is made
     train.load_tokenizer(tokenizer)  # and its tokenizer
     return {"spec": spec, "identity": identity}
 

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import losses
 from losses import (LOSSES, aux_coef, entropy_loss, logconf_loss, logconf_threshold, product_loss, window_loss,

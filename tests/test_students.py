@@ -63,7 +63,7 @@ def test_select_final_predicts_with_the_last_weights(shared_data, models, weak_l
     assert final["select"] == "final" and best["select"] == "best"
     # the same weights as "best" when the last evaluation is the best one
     losses = iter(np.arange(100, 1, -1, dtype=float))
-    last_is_best = run(shared_data, tmp_path / "last_is_best", *base)
+    run(shared_data, tmp_path / "last_is_best", *base)
     probs = {name: json.loads((tmp_path / name / "predictions.json").read_text())["test"]["probs"]
              for name in ("best", "final", "last_is_best")}
     assert probs["final"] == probs["last_is_best"] != probs["best"]

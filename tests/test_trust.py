@@ -170,6 +170,32 @@ def test_copied_run_directory_resumes_with_nothing_retrained_and_identical_resul
     assert without_paths(results) == without_paths(base[1])
 
 
+def test_a_random_init_model_is_identified_by_its_tokenizer_files_not_their_place(tmp_path):
+    def tokenizer_dir(name, merges):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "vocab.json").write_text('{"a": 0}')
+        (d / "merges.txt").write_text(merges)
+        return d
+    here, copy, other = tokenizer_dir("a", "#v\n"), tokenizer_dir("b", "#v\n"), tokenizer_dir("c", "#v\na b\n")
+    identity = rundir.model_identity("random:gpt2", str(here))
+    assert identity == rundir.model_identity("random:gpt2", str(copy))
+    assert identity != rundir.model_identity("random:gpt2", str(other))
+    assert rundir.model_identity("random:2x64", "bytes") == {"random": "random:2x64"}
+
+
+@pytest.mark.parametrize("given", ["--weak", "--strong"])
+def test_toy_task_honours_one_given_model_and_records_the_models_used(tmp_path, given):
+    """--weak alone (or --strong alone) replaces only that model; the other stays the demo's pretrained one."""
+    from data import toy
+    out = tmp_path / "run"
+    w2s.main(["--task", "toy", given, "random:1x16", "--out", str(out), "--print-commands", "--quiet"])
+    models = json.loads((out / "experiment.json").read_text())["description"]["models"]
+    mine, other = ("weak", "strong") if given == "--weak" else ("strong", "weak")
+    assert models[mine] == {"spec": "random:1x16", "identity": {"random": "random:1x16"}}
+    assert models[other]["spec"] == toy.DEMO[0 if other == "weak" else 1] and "sha256" in models[other]["identity"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # content-checked stages
 
