@@ -138,10 +138,12 @@ def error_line(e):
         return str(e)
     if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename is None:
         return str(e)  # raised by our own code with a message that names the path
-    if isinstance(e, OSError) and e.filename is not None and (
-            isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
-            or e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)):
+    disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
+    if isinstance(e, OSError) and e.filename is not None and (disk or isinstance(
+            e, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError))):
         return f"{e.filename}: {e.strerror}"
+    if disk:  # a write into an open file (a checkpoint, a log line) names no path
+        return f"{e.strerror} while writing this run's files: make room or use --out elsewhere, then rerun"
     return None
 
 
@@ -159,6 +161,16 @@ def main_guard(main):
             raise
         print(f"error: {line}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+_NOTED = set()
+
+
+def note_once(line):
+    """A note printed once per process: settings are checked again by every stage of a w2s.py run."""
+    if line not in _NOTED:
+        _NOTED.add(line)
+        print(line, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

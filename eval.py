@@ -298,17 +298,21 @@ def score_run(run_dir, scorer):
     try:
         test = json.loads(path.read_text())["test"]
         ids, continuations = [str(i) for i in test["ids"]], test["continuations"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not the predictions of a generation run (need 'test' ids and continuations; "
-                         f"{e!r})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not the predictions of a generation run (need 'test' ids and continuations; "
+                        f"{e!r})") from None
     rows = [[c] if isinstance(c, str) else c for c in continuations]
     if len(rows) != len(ids) or len({len(r) for r in rows}) > 1 or not all(isinstance(c, str) for r in rows for c in r):
-        raise ValueError(f"{path}: 'test' must hold one list of continuation strings per id, all equally long "
-                         f"({len(ids)} ids, {len(rows)} rows)")
+        raise UserError(f"{path}: 'test' must hold one list of continuation strings per id, all equally long "
+                        f"({len(ids)} ids, {len(rows)} rows)")
     digest = continuations_sha256(test)
     out = run_dir / "scores.json"
     if out.is_file():
-        saved = json.loads(out.read_text())
+        try:
+            saved = json.loads(out.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            print(f"[{run_dir.name}] {out} is not readable JSON: scoring again", flush=True)
+            saved = {}
         if saved.get("scorer") == scorer.name and saved.get("continuations_sha256") == digest:
             print(f"[{run_dir.name}] already scored by {scorer.name}; skipping", flush=True)
             return saved
@@ -771,8 +775,8 @@ def _member_weights_table(results):
         per_seed = [r["member_weights"][student] for r in results["seeds"].values() if r.get("member_weights", {}).get(student)]
         if not per_seed:
             continue
-        lines += ["", f"Learned member weights of {student} (end of training; mean ± std over seeds when several), "
-                      "beside each member's own test accuracy:", "", "| Member | Weight | Member accuracy |", "|---|---|---|"]
+        lines += ["", f"Learned member weights of {student} (at the selected step, `--select`; mean ± std over seeds "
+                      "when several), beside each member's own test accuracy:", "", "| Member | Weight | Member accuracy |", "|---|---|---|"]
         for k in range(len(per_seed[0])):
             member = f"{prefix}ensemble/member{k}"
             w = _summary([ws[k] for ws in per_seed])
@@ -959,7 +963,8 @@ def score_experiment(out_dir, scorer_name):
     for s in exp["seeds"]:
         for run in exp["runs"]:
             stage = Path(out_dir) / f"seed{s}" / run["stage"]
-            if (stage / "metrics.json").is_file():
+            if (stage / "metrics.json").is_file():  # its continuations as trained, or refused naming the file
+                rundir.verified(stage, str(Path(run["path"]).relative_to(run["stage"]) / "predictions.json"))
                 score_run(Path(out_dir) / f"seed{s}" / run["path"], scorer)
 
 

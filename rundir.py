@@ -22,8 +22,9 @@ from pathlib import Path
 from cli import UserError, read_json
 
 EXPERIMENT = "experiment.json"
-# temporary names of atomic writes (x.json.tmp, x.tmp1234, x.tmp.png): only ever left behind by a killed run
-LEFTOVER = re.compile(r".*\.tmp\d*(\.[A-Za-z0-9]+)?")
+# the temporary names of our atomic writes (x.json.tmp, x.md.tmp, x.png.tmp, x.png.tmp.png): only ever left behind
+# by a killed run, and only looked for in a run directory
+LEFTOVER = re.compile(r".+\.(json|md|png)\.tmp(\.png)?")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -216,7 +217,12 @@ def write_json(path, obj):
     """Strict JSON (NaN or Infinity is a bug here, never a result), written atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    try:
+        tmp.write_text(text)
+    except OSError as e:  # a full disk fails the write, which names no file: name it
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.replace(tmp, path)
 
 
@@ -228,6 +234,8 @@ def locked(directory, what="run"):
     """Hold an OS lock on directory/.lock for the block; a second run on the same directory stops at once, naming the
     holder's pid. The kernel drops the lock when the process dies, so a killed run never leaves it stuck."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} exists and is not a directory: give --out a directory (new or a run's)")
     directory.mkdir(parents=True, exist_ok=True)
     f = open(directory / ".lock", "a+")
     try:
@@ -248,16 +256,16 @@ def locked(directory, what="run"):
 
 
 def remove_leftovers(directory):
-    """Delete the temporary files and directories of killed runs (only names our atomic writes use)."""
-    removed = []
-    for root, dirs, files in os.walk(directory):
-        for name in list(dirs) + files:
+    """Delete the temporary files of killed runs: only names our atomic writes use, and only in a directory that
+    already holds a run (experiment.json, or a stage's config.json), so nobody else's files are touched."""
+    directory, removed = Path(directory), []
+    if not any((directory / name).is_file() for name in (EXPERIMENT, "config.json")):
+        return removed
+    for root, _, files in os.walk(directory):
+        for name in files:
             if LEFTOVER.fullmatch(name):
-                path = Path(root) / name
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                removed.append(path)
-                if name in dirs:
-                    dirs.remove(name)
+                (Path(root) / name).unlink(missing_ok=True)
+                removed.append(Path(root) / name)
     if removed:
         print(f"removed {len(removed)} leftover temporary file(s) of a killed run, e.g. {removed[0]}", flush=True)
     return removed

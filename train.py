@@ -172,8 +172,8 @@ def check_config(cfg):
         bad("temperature", f"0 is greedy decoding, which gives --samples {cfg.samples} identical continuations; "
                            "set a temperature > 0 (RealToxicityPrompts: --protocol rtp)")
     if cfg.samples > 1 and cfg.top_p in (None, 1) and cfg.temperature >= 1:
-        print(f"note: --samples {cfg.samples} with temperature {cfg.temperature} and no --top-p is pure sampling "
-              "(RealToxicityPrompts uses --top-p 0.9: --protocol rtp)", flush=True)
+        cli.note_once(f"note: --samples {cfg.samples} with temperature {cfg.temperature} and no --top-p is pure "
+                      "sampling (RealToxicityPrompts uses --top-p 0.9: --protocol rtp)")
     for flag, ok, why in [("aux_coef", 0 <= cfg.aux_coef <= 1, "must be in [0, 1]"),
                           ("aux_warmup", cfg.aux_warmup >= 0, "must be >= 0"),
                           ("product_alpha", cfg.product_alpha >= 0, "must be >= 0"),
@@ -267,6 +267,9 @@ def check_for_task(cfg, task):
     if generation and (cfg.learned or cfg.selective or cfg.loss != "xent" or cfg.genft_epochs):
         raise UserError(f"task {task.name} is a generation task: --loss {cfg.loss}, --learned, --selective and "
                         "--genft-epochs are defined for classification")
+    if not generation and cfg.protocol == "rtp":
+        raise UserError(f"argument --protocol: rtp is RealToxicityPrompts' sampling protocol, for generation tasks; "
+                        f"task {task.name} is a classification task")
     if not generation and (cfg.contrastive or cfg.samples > 1):
         raise UserError(f"task {task.name} is a classification task: --contrastive and --samples are for generation")
 
@@ -278,11 +281,12 @@ def prepare(cfg):
     generation = task.kind == "generation"
     spec = cfg.model or DEFAULT_MODELS[task.kind]["strong" if cfg.role != "weak" else "weak"]
     model_source, tok_source = resolve_model(spec, cfg.data_dir, cfg.quiet)
+    model_identity = rundir.model_identity(model_source, tok_source)  # a bad checkpoint is named before its tokenizer
     tok = load_tokenizer(tok_source)
     n_classes = 0 if generation else len(task.label_names)
     train_rows = list(task.splits["weak_train" if cfg.role == "weak" else "w2s_train"])
     val_rows = list(task.splits["val"])
-    inputs = {"model": rundir.model_identity(model_source, tok_source), "data": rundir.data_identity(task.summary())}
+    inputs = {"model": model_identity, "numerics": numerics(cfg), "data": rundir.data_identity(task.summary())}
     supervisor = ""
     if cfg.role != "student":
         train_targets = gold_targets(train_rows, n_classes, generation)
@@ -358,6 +362,15 @@ class Runtime:
             print(f"[{self.name}] {msg}", flush=True)
 
 
+def numerics(cfg):
+    """Where and in what precision the numbers are computed (--device auto and --dtype auto resolved): a stage or an
+    experiment resumed on other hardware must not mix them (fp32 on CPU, bf16 autocast and TF32 on CUDA)."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    return {"device": device.type, "dtype": "bf16" if bf16 else "fp32"}
+
+
 def setup_runtime(cfg):
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun sets RANK / WORLD_SIZE
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
@@ -371,7 +384,7 @@ def setup_runtime(cfg):
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    use_bf16 = numerics(cfg)["dtype"] == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     return Runtime(device, autocast, ddp, rank, world)
 
@@ -578,6 +591,10 @@ def train_loop(cfg, job, rt, raw_model):
                 tokens_seen += ntok * world
                 pad_tokens += max(lengths[i] for i in shard) * len(shard) - ntok
                 real_tokens += ntok
+            if mixer is not None and rt.ddp:  # the member weights sit outside DDP: their gradient is averaged here
+                for p in mixer.parameters():
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # the model's; the member weights are not clipped
             opt.step()
             sched.step()
@@ -606,7 +623,8 @@ def train_loop(cfg, job, rt, raw_model):
                 if improved:
                     best = {"val_loss": val_loss, "step": step,  # only rank 0 predicts, so only it keeps weights
                             "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
-                            if rt.master and cfg.select == "best" else None}
+                            if rt.master and cfg.select == "best" else None,
+                            "member_weights": mixer.weights().tolist() if mixer is not None else None}
                     evals_since_best = 0
                 elif cfg.select == "best":
                     evals_since_best += 1
@@ -630,8 +648,10 @@ def train_loop(cfg, job, rt, raw_model):
     stats = {"best_step": selected["step"], "best_val_loss": selected["val_loss"], "select": cfg.select,
              "steps": step, "train_examples": len(job.train_x),
              "padding_fraction": pad_tokens / max(1, pad_tokens + real_tokens)}
-    if mixer is not None:  # the weights at the end of training (RAVEN keeps them with the final student)
-        stats["member_weights"] = [round(w, 6) for w in mixer.weights().tolist()]
+    if mixer is not None:  # the mix the selected student was trained on up to its step
+        weights = best.get("member_weights") if cfg.select == "best" else None
+        weights = weights or mixer.weights().tolist()
+        stats["member_weights"] = [round(w, 6) for w in weights]
     return stats
 
 

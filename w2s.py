@@ -44,6 +44,7 @@ import rundir
 import train
 from cli import UserError
 from data import TASKS
+from data import common as data_common
 
 ROOT = Path(__file__).resolve().parent
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
@@ -231,6 +232,7 @@ def experiment_record(cfg, base, task, scorer_name, models):
     students = student_names(cfg, task.kind)
     if "genft" in students:  # the one w2s.py flag that changes a stage's numbers
         settings["genft_epochs"] = cfg.genft_epochs
+    settings["numerics"] = train.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
             "train": settings, "students": students, "ensemble": cfg.ensemble, "scorer": scorer_name}
@@ -322,16 +324,19 @@ def _worker_pool(jobs):
     for k in range(jobs):
         slots.put(str(gpus[k % len(gpus)]) if gpus else None)
     threads = max(1, torch.get_num_threads() // jobs)
+    shown = (set(data_common._warned), set(cli._NOTED))  # what this process has said once is not said again
     return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
-                                                  initargs=(slots, threads))
+                                                  initargs=(slots, threads, shown))
 
 
-def _worker_start(slots, threads):
+def _worker_start(slots, threads, shown):
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the worker's first CUDA call
     import torch
     torch.set_num_threads(threads)
+    data_common._warned.update(shown[0])
+    cli._NOTED.update(shown[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -405,8 +410,8 @@ def run_experiment(cfg, base, out):
     train.check_for_task(base, task)
     kind = task.kind
     specs, chain = experiment_models(cfg, base, kind)
-    roles = {spec: model_label(spec) for spec in specs} if cfg.sizes else dict(zip(specs, ("weak", "strong")))
-    models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in roles.items()}
+    roles = [model_label(spec) for spec in specs] if cfg.sizes else ["weak", "strong"]  # --weak X --strong X: both
+    models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
     scorer = w2s_eval.toxicity_scorer(cfg.scorer, task) if kind == "generation" else None
@@ -442,7 +447,9 @@ def run_experiment(cfg, base, out):
                 shutil.rmtree(created, ignore_errors=True)
             raise
         results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
-        results["config"] = {"w2s": dataclasses.asdict(cfg), "train": dataclasses.asdict(base), "models": specs,
+        # the experiment's seeds, not only those asked for now: results cover every one of them
+        results["config"] = {"w2s": dataclasses.asdict(cfg) | {"seeds": seeds}, "train": dataclasses.asdict(base),
+                             "models": specs,
                              "chain": chain}
         # wall seconds of each stage this invocation ran (or found done): the one part of results.json that varies
         results["timing"] = {"stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},

@@ -109,3 +109,22 @@ def test_logconf_hardens_over_the_whole_batch_under_grad_accum_and_ddp(tiny_mode
     torch.testing.assert_close(accum_probs, single_probs, rtol=0, atol=1e-5)
     torch.testing.assert_close(dist_probs, single_probs, rtol=0, atol=1e-5)
     assert accum["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_learned_member_weights_take_the_single_process_step_under_ddp(tiny_model, shared_data, tmp_path):
+    # the member weights sit outside the DDP wrapper: without averaging their gradient over ranks, each rank would
+    # learn its own mix from half the batch and the two ranks would train on different targets
+    ensemble = tmp_path / "ensemble"
+    train.run(train.parse_args(ARGS + ["--model", str(tiny_model), "--data-dir", str(shared_data), "--out",
+                                       str(ensemble), "--role", "weak", "--ensemble", "2"]))
+    student = ["--role", "student", "--learned", "--weak-labels", str(ensemble), "--member-lr", "0.2",
+               "--batch-size", "8", "--max-steps", "3", "--select", "final"]
+    ddp = torchrun([*ARGS, "--model", str(tiny_model), "--data-dir", str(shared_data), "--out", str(tmp_path / "ddp"),
+                    *student])
+    single, single_probs = run_in_process(tmp_path / "single", tiny_model, shared_data, *student)
+    log, _ = ddp.communicate(timeout=120)
+    assert ddp.returncode == 0, log[-3000:]
+    dist, dist_probs = read(tmp_path / "ddp")
+    assert abs(single["member_weights"][0] - 0.5) > 1e-3  # the mix moved
+    assert dist["member_weights"] == pytest.approx(single["member_weights"], abs=1e-5)
+    torch.testing.assert_close(dist_probs, single_probs, rtol=0, atol=1e-5)

@@ -110,6 +110,19 @@ def test_contrastive_with_beta_0_equals_greedy_decoding_from_post():
     assert not torch.equal(decode([post, pre], idx, mask, contrastive(), max_new_tokens=15), out)
 
 
+def test_contrastive_picks_the_argmax_of_the_published_scores_on_the_plausible_tokens():
+    # ConG / contrastive decoding, written out: log p_post + beta (log p_post - log p_pre) where p_post >= alpha max
+    g = seeded(3)
+    logits_post, logits_pre = torch.randn(512, 50, generator=g) * 3, torch.randn(512, 50, generator=g) * 3
+    p_post, p_pre = F.softmax(logits_post, -1), F.softmax(logits_pre, -1)
+    for beta, alpha in ((1.5, 0.1), (1.0, 0.3), (4.0, 0.05)):
+        scores = p_post.log() + beta * (p_post.log() - p_pre.log())
+        scores[p_post < alpha * p_post.amax(-1, keepdim=True)] = float("-inf")
+        tokens = contrastive(beta=beta, alpha=alpha)([logits_post, logits_pre])
+        assert torch.equal(tokens, scores.argmax(-1)), (beta, alpha)
+        assert (tokens != p_post.argmax(-1)).float().mean() > 0.1  # not vacuous: the contrast re-ranks
+
+
 def test_contrastive_never_emits_a_token_outside_the_plausibility_set():
     # post: p = [0.50, 0.30, 0.04, 0.10, 0.06]; with alpha 0.1 the plausible tokens have p >= 0.05: all but token 2.
     # pre gives token 2 almost no probability, so the contrast alone would pick it (score 12.7, the others <= -0.7).

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cli
 import eval as w2s_eval
 from cli import UserError
 import batching
@@ -269,6 +270,15 @@ def test_w2s_toxicity_end_to_end_on_real_rows_and_identical_results_after_a_kill
     saved = json.loads((out / "results.json").read_text())
     assert without_paths(saved) == without_paths(json.loads((tmp_path / "full" / "results.json").read_text()))
 
+    # eval.py --scorer: an unreadable scores.json is scored again; a truncated predictions file is refused by name
+    naive = out / "seed0" / "student_naive"
+    (naive / "scores.json").write_text("{garbage")
+    w2s_eval.main([str(out), "--scorer", "offline"])
+    assert json.loads((naive / "scores.json").read_text())["scorer"] == full["scorer"]
+    os.truncate(naive / "predictions.json", 100)
+    with pytest.raises(UserError, match="student_naive/predictions.json does not match the sha256 its stage recorded"):
+        w2s_eval.main([str(out), "--scorer", "offline"])
+
 
 def test_w2s_toxicity_with_hub_models_offline_says_so_in_one_line(env, rtp_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "w2s.py"), "--task", "toxicity", "--data-dir", str(rtp_dir),
@@ -280,7 +290,27 @@ def test_w2s_toxicity_with_hub_models_offline_says_so_in_one_line(env, rtp_dir, 
     assert last.startswith("error: model 'openai-community/openai-gpt' file") and "cannot be reached" in last
 
 
-def test_protocol_rtp_sets_gehmans_settings_and_its_metrics_equal_direct_computation(capsys):
+def test_pure_sampling_note_prints_once_and_only_without_top_p_or_a_lower_temperature(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_NOTED", set())
+    for flags in (["--samples", "5", "--temperature", "1", "--top-p", "0.9"], ["--samples", "5", "--temperature", "0.7"],
+                  ["--protocol", "rtp"], ["--temperature", "1"]):
+        train.check_config(train.parse_args(["--task", "toxicity", *flags]))
+    assert capsys.readouterr().out == ""
+    for _ in range(3):  # every stage of a w2s.py run checks its settings again
+        train.check_config(train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "1"]))
+    out = capsys.readouterr().out
+    assert out.count("is pure sampling") == 1 and out.startswith("note: --samples 5 with temperature 1.0")
+
+
+def test_protocol_rtp_is_refused_on_a_classification_task_naming_the_protocol(shared_data):
+    cfg = train.parse_args(["--task", "safety", "--data-dir", str(shared_data), "--protocol", "rtp"])
+    train.check_config(cfg)
+    with pytest.raises(UserError, match="argument --protocol: rtp is RealToxicityPrompts' sampling protocol"):
+        train.check_for_task(cfg, train.cached_task("safety", str(shared_data), 0, None))
+
+
+def test_protocol_rtp_sets_gehmans_settings_and_its_metrics_equal_direct_computation(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_NOTED", set())
     cfg = train.parse_args(["--task", "toxicity", "--protocol", "rtp"])
     train.check_config(cfg)
     assert (cfg.samples, cfg.top_p, cfg.temperature, cfg.max_new_tokens) == (25, 0.9, 1.0, 20)

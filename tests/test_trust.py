@@ -4,6 +4,7 @@ One experiment (weak, a 2-member ensemble, ceiling, naive and hard students) is 
 works on its own copy of it. In-process where only the outcome matters; subprocesses where exit status, stderr,
 locking or a kill do.
 """
+import errno
 import json
 import os
 import shutil
@@ -106,6 +107,17 @@ def test_each_number_changing_flag_is_part_of_the_experiment(shared_data, models
     assert code == 2 and len(err) == 1 and all(k in err[0] for k in keys), err
 
 
+def test_an_experiment_resumed_on_other_hardware_is_refused_naming_device_and_precision(shared_data, models, tmp_path,
+                                                                                        capsys, monkeypatch):
+    """Started on a CPU (fp32), resumed where CUDA is found (bf16 autocast, TF32): its stages would mix numerics."""
+    argv = args_of(shared_data, *models, tmp_path / "run", "--print-commands")
+    w2s.main(argv)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    code, err = guarded(w2s.main, argv, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "train.numerics.device cpu -> cuda" in err[0] and "train.numerics.dtype fp32 -> bf16" in err[0], err
+
+
 @pytest.mark.parametrize("flags", [
     ["--task", "safety", "--students", "all", "--ensemble", "3", "--aux-coef", "0.5", "--select", "final",
      "--genft-epochs", "2", "--hard-labels", "--epochs", "0", "--max-steps", "5", "--no-save-checkpoint"],
@@ -155,6 +167,8 @@ def test_added_seed_resumes_seed0_and_results_cover_both_seeds(run):
     # asking for one seed again resumes the whole experiment: its results still cover both
     results = w2s.main(args + ["--seeds", "1"])
     assert stage_stamps(out) == after and sorted(results["seeds"]) == ["0", "1"]
+    recorded = json.loads((out / "results.json").read_text())["config"]["w2s"]["seeds"]
+    assert recorded == [0, 1]  # the recorded config says what the results cover, not what was asked last
 
 
 def test_copied_run_directory_resumes_with_nothing_retrained_and_identical_results(base, run):
@@ -384,17 +398,42 @@ def test_entry_points_end_expected_errors_with_exit_2_and_one_line(tmp_path, scr
     assert list(tmp_path.iterdir()) == []
 
 
-def test_data_warnings_print_once_per_run(shared_data, tmp_path):
-    """Two seeds load the data twice and every stage asks for it; PYTHONWARNINGS=always turns off Python's own
-    once-per-location deduplication, so the count is w2s's doing (data.common.warn_once)."""
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_data_warnings_print_once_per_run(shared_data, tmp_path, jobs):
+    """Two seeds load the data twice and every stage asks for it, in this process or in --jobs workers;
+    PYTHONWARNINGS=always turns off Python's own once-per-location deduplication, so the count is w2s's doing
+    (data.common.warn_once, told by w2s.py what it has already shown)."""
     code, out, err = run_script("w2s.py", [
         "--task", "safety", "--data-dir", shared_data, "--limit", "24", "--weak", "random:1x16", "--strong",
         "random:1x16", "--ensemble", "0", "--students", "naive", "--seeds", "0", "1", "--out", tmp_path / "run",
-        "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--n-boot", "20", "--quiet"],
+        "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--n-boot", "20", "--quiet", "--jobs", jobs],
         env={"PYTHONWARNINGS": "always::UserWarning"})
     assert code == 0, err
     assert err.count("safety: removed") == 1 and err.count("safety: dropped") == 1, err
     assert "Traceback" not in err
+
+
+def test_out_that_is_a_file_ends_in_one_line(shared_data, models, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code, err = guarded(w2s.main, args_of(shared_data, *models, afile), capsys)
+    assert code == 2 and err == [f"error: {afile} exists and is not a directory: give --out a directory (new or a "
+                                 "run's)"] and afile.read_text() == "mine"
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_file_and_keeps_what_was_written(run, capsys, monkeypatch):
+    out, args = run
+    experiment = (out / "experiment.json").read_bytes()
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write into an open file: no path
+    monkeypatch.setattr(Path, "write_text", full)
+    code, err = guarded(w2s.main, args, capsys)
+    assert code == 2 and err == [f"error: {out / 'experiment.json'}: No space left on device"], err
+    assert (out / "experiment.json").read_bytes() == experiment and not list(out.rglob("*.tmp"))
+    # a write that names no file at all (a checkpoint, a log line) still ends in one line with the way out
+    assert cli.error_line(OSError(errno.ENOSPC, "No space left on device")).startswith(
+        "No space left on device while writing this run's files")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -420,6 +459,8 @@ def test_pgr_is_na_with_the_gap_when_the_ceiling_equals_the_supervisor(shared_da
     assert "n/a (ceiling no better than supervisor)" in row, row
     gap = next(line for line in table if line.startswith("| weak | ceiling |"))  # the gaps, below the table
     assert gap.startswith("| weak | ceiling | +0.000 [+0.000, +0.000] |"), gap
+    models = json.loads((out / "experiment.json").read_text())["description"]["models"]
+    assert models.keys() == {"weak", "strong"} and models["weak"] == models["strong"]  # one checkpoint, both roles
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -454,15 +495,28 @@ def test_second_concurrent_run_is_refused_at_once_naming_the_first_ones_pid(shar
 def test_leftovers_of_a_killed_run_are_removed_at_the_next_start(run, capsys):
     out, args = run
     stamps = stage_stamps(out)
-    orphan = out / "seed0.tmp12345"  # an atomic directory write (x.tmp<pid>), killed half way
-    (orphan / "weak").mkdir(parents=True)
-    (orphan / "weak" / "model.safetensors").write_bytes(b"half")
+    orphan = out / "results.png.tmp.png"  # atomic writes (x.png.tmp.png, x.json.tmp), killed half way
+    orphan.write_bytes(b"half")
     half = out / "seed0" / "weak" / "predictions.json.tmp"
     half.write_text('{"test": {"ids": [')
+    mine = [out / "draft.tmp", out / "notes" / "plot.tmp.png"]  # not names our writes use: never touched
+    mine[1].parent.mkdir()
+    for f in mine:
+        f.write_text("the user's")
     w2s.main(args)
-    assert not orphan.exists() and not half.exists()
+    assert not orphan.exists() and not half.exists() and all(f.exists() for f in mine)
     assert "removed 2 leftover temporary file(s) of a killed run" in capsys.readouterr().out
     assert stage_stamps(out) == stamps  # leftovers are not outputs: nothing is retrained
+
+
+def test_files_in_a_directory_that_holds_no_run_are_never_removed(shared_data, models, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    files = [out / "results.json.tmp", out / "draft.tmp", out / "figure.png.tmp"]
+    for f in files:
+        f.write_text("the user's")
+    w2s.main(args_of(shared_data, *models, out, "--print-commands"))
+    assert all(f.read_text() == "the user's" for f in files)
 
 
 def test_every_json_file_a_run_writes_is_strict_json(base):
