@@ -2,8 +2,9 @@
 Speed of w2s against transformers, in one run. Every comparison first checks that both sides compute the same thing.
 
     python bench.py                    # our model vs transformers' GPT-2: train step, greedy generation, safety epoch
-    python bench.py --suite            # every speed figure: the above, plus the paper's Trainer recipe and
-                                       # RealToxicityPrompts sampling (CPU: 5 minutes on 2 busy cores, --threads 1)
+    python bench.py --suite            # every speed figure: the above, plus the paper's Trainer recipe,
+                                       # RealToxicityPrompts sampling and the whole safety experiment
+                                       # (CPU: 4.5 minutes on 2 cores, 2 threads)
     python bench.py --suite --device cuda   # GPT-2 medium, batch 16, seq 512, bf16 autocast, TF32, fused AdamW
     python bench.py --suite --quick --json  # seconds-long smoke run of every section, machine-readable
     python bench.py --sections recipe rtp   # some sections only
@@ -741,7 +742,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run of every part")
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"),
                    help="real data (safety rows, RealToxicityPrompts prompts, GPT-2 tokenizer files)")
-    p.add_argument("--shape", choices=list(SHAPES), help="random-init model shape (default: the device's)")
+    p.add_argument("--shape", choices=list(SHAPES), help="random-init model shape")
     p.add_argument("--batch-size", type=int, help="training batch (train, epoch, recipe)")
     p.add_argument("--seq-len", type=int, help="train section: sequence length (rows of random tokens, no padding)")
     p.add_argument("--gen-batch", type=int, help="generate section: prompts per batch")

@@ -31,14 +31,15 @@ class UserError(Exception):
 
 def field_comments(cls):
     """{field name: its trailing comment} read from the dataclass source, so the comment next to a field is its
-    --help text (one source of truth). Comment-only lines right below a field continue its text."""
+    --help text (one source of truth). Comment-only lines right below a field continue its text; a line
+    `# ---- <title>` heads the next group of fields and belongs to none."""
     comments, last = {}, None
     for line in inspect.getsource(cls).splitlines():
         m = re.match(r"\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$", line)
         if m and not line.strip().startswith("#") and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
             last = m.group(1)
             comments[last] = (m.group(2) or "").strip()
-        elif last and re.match(r"\s+#", line):
+        elif last and re.match(r"\s+#(?! ----)", line):
             comments[last] += " " + line.strip()[1:].strip()
         else:
             last = None

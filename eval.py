@@ -21,6 +21,7 @@ their gap excludes 0); elsewhere it is n/a, with the gap, because a ratio over a
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -991,7 +992,9 @@ def main(argv=None):
         with rundir.locked(out_dir, "run"):
             write_results(out_dir, results)
         print(json.dumps(results, indent=2) if args.json else format_table(results))
-        print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}", flush=True)
+        # with --json, stdout is the JSON alone (for a pipe); the closing line goes to stderr
+        print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}", flush=True,
+              file=sys.stderr if args.json else sys.stdout)
 
 
 if __name__ == "__main__":

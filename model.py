@@ -360,17 +360,20 @@ def random_shape_family(shape):
     """Which tokenizer a random shape needs: "gpt2", "openai-gpt" or "bytes"."""
     if shape in SHAPES:
         return "openai-gpt" if shape == "openai-gpt" else "gpt2"
-    if _TINY.fullmatch(shape):
+    tiny = _TINY.fullmatch(shape)
+    if tiny and min(map(int, tiny.groups())) >= 1:
         return "bytes"
     raise CheckpointError(f"unknown random model shape {shape!r}: use random:<{'|'.join(SHAPES)}> or random:<layers>x<width>"
-                          " (e.g. random:2x64)")
+                          " with both at least 1 (e.g. random:2x64)")
 
 
 def random_config(spec, n_classes=0):
     shape = spec[len("random:"):].partition(":")[0]
     if random_shape_family(shape) == "bytes":
         n_layer, n_embd = map(int, _TINY.fullmatch(shape).groups())
-        return GPTConfig(block_size=1024, vocab_size=257, n_layer=n_layer, n_head=max(1, n_embd // 32), n_embd=n_embd,
+        # about one head per 32 channels, as many as divide the width (random:1x100 has 2 heads of 50)
+        n_head = max(h for h in range(1, max(1, n_embd // 32) + 1) if n_embd % h == 0)
+        return GPTConfig(block_size=1024, vocab_size=257, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                          n_classes=n_classes)
     return GPTConfig(**SHAPES[shape], n_classes=n_classes)
 

@@ -65,7 +65,7 @@ class TrainConfig:
     # as fast on 1, and a busy machine slows many threads down far more (the toy task sets 1)
     limit: int | None = None         # cap every split at this many examples (stratified)
     quiet: bool = False              # plain log lines instead of progress bars
-    # students
+    # ---- students
     weak_labels: str = ""            # the supervisor's predictions.json; "" = <out>/../weak/predictions.json
     vote: Literal["", "hard", "soft"] = ""  # train on this vote of the weak ensemble (<out>/../ensemble/<vote>)
     hard_labels: bool = False        # train on the argmax of the supervisor's labels instead of its probabilities
@@ -89,10 +89,10 @@ class TrainConfig:
     linear_probe: bool = False       # freeze the backbone, train only the classification head
     select: Literal["best", "final"] = "best"  # weights to predict with: lowest val loss, or the last step
     # (openai/weak-to-strong's protocol; early stopping is then off)
-    # bootstrap ensembles of weak supervisors
+    # ---- bootstrap ensembles of weak supervisors
     ensemble: int = 1                # K > 1: K members, each on a bootstrap resample of weak_train, and their votes
     member: int = -1                 # >= 0: this run is ensemble member k (bootstrap resample, own init seed)
-    # optimisation (the paper's defaults)
+    # ---- optimisation (the paper's defaults)
     epochs: int = 3                  # passes over the training split
     batch_size: int = 16             # examples per optimizer step, over all micro-batches and ranks
     grad_accum: int = 1              # micro-batches per optimizer step
@@ -109,7 +109,7 @@ class TrainConfig:
     save_checkpoint: bool = False    # save the selected weights in <out>/ckpt
     log_every: int = 20              # optimizer steps between log lines
     max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke tests, benchmarks)
-    # generation tasks (toxicity)
+    # ---- generation tasks (toxicity)
     loss_on: Literal["all", "continuation"] = "all"  # LM loss on every token, or on the continuation only
     max_new_tokens: int = 20         # tokens generated per test prompt
     samples: int = 1                 # continuations per prompt (RealToxicityPrompts: 25)

@@ -170,23 +170,27 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
                                     "ceiling": f"{at_strong}ceiling", "trained_on": at_weak + supervisor, "method": s,
                                     "pair": [label[weak], label[strong]]})
     if chain:
-        chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir)
+        chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, "naive" in students)
     if not sweep:  # a pair's table reads supervisors, then students, then the ceiling
         order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students]
         runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order) + (r["name"] == "ceiling"))
     return stages, runs, comparisons
 
 
-def chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir):
+def chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, naive):
     """Burns et al.'s bootstrapping: the weak model's labels train chain[0], whose predictions on w2s_train train
     chain[1], ..., and finally the strong model; its row is compared (PGR) with the original weak model and the
-    strong ceiling."""
+    strong ceiling. In a sweep that has the naive student weak -> chain[0], that student is the first step (the same
+    training), so it is not trained twice."""
     path = [models[0], *chain, models[-1]]
     at = (lambda m: f"{label[m]}/") if sweep else (lambda m: "")
     previous = trained_on = f"{at(path[0])}weak"
     name = "chain:" + ">".join(label[m] for m in path)
     for i, model in enumerate(path[1:], start=1):
         stage, last = f"chain/{i}_{label[model]}", i == len(path) - 1
+        if i == 1 and not last and sweep and naive and model in models:
+            trained_on, previous = previous, f"{label[path[0]]}__{label[model]}/student_naive"
+            continue
         add(stage, dataclasses.replace(base, role="student", model=model,
                                        weak_labels=f"{seed_dir}/{previous}/predictions.json"), [previous], model=model,
             run=not last, extra_runs={name: stage} if last else {})
@@ -319,14 +323,22 @@ def _worker_pool(jobs):
     robin over the visible ones; on CPU each gets its share of this process's threads."""
     import torch
     context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked CUDA or OpenMP state
-    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    gpus = worker_gpus()
     slots = context.Queue()
     for k in range(jobs):
-        slots.put(str(gpus[k % len(gpus)]) if gpus else None)
+        slots.put(gpus[k % len(gpus)] if gpus else None)
     threads = max(1, torch.get_num_threads() // jobs)
     shown = (set(data_common._warned), set(cli._NOTED))  # what this process has said once is not said again
     return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
                                                   initargs=(slots, threads, shown))
+
+
+def worker_gpus():
+    """The GPUs workers take, round robin, as CUDA_VISIBLE_DEVICES names them: only those this process may use."""
+    import torch
+    gpus = [str(k) for k in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [name.strip() for name in visible.split(",")][:len(gpus)] if gpus and visible else gpus
 
 
 def _worker_start(slots, threads, shown):
@@ -435,7 +447,7 @@ def run_experiment(cfg, base, out):
             if cfg.print_commands:
                 for stage in stages:
                     print(" ".join(command(stage, out)))
-                print(" ".join(["python", "eval.py", str(out)] + (["--scorer", cfg.scorer or "offline"] if scorer else [])))
+                print(" ".join(["python", "eval.py", str(out)] + (["--scorer", scorer.name.split(":")[0]] if scorer else [])))
                 return None
             if seeds != sorted(cfg.seeds):
                 print(f"this experiment's seeds: {', '.join(map(str, seeds))} (recorded earlier in {out} and asked now)",
@@ -498,7 +510,8 @@ def run_burns(cfg, base, out):
     w2s_eval._write_atomic(out / "results.md", burns_table(rows, not_run).encode())
     burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())
-    print(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}", flush=True)
+    written = [out / name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
+    print(f"results: {', '.join(map(str, written))}", flush=True)
     return combined
 
 

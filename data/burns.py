@@ -118,8 +118,8 @@ def read_parquet(path):
     try:
         import pyarrow.parquet
     except ImportError:
-        raise ImportError(f"{path} is a parquet file, and reading parquet needs pyarrow: `pip install pyarrow`, "
-                          f"or pass --data-dir DIR with the task's files in their published format.") from None
+        raise DataError(f"{path} is a parquet file, and reading parquet needs pyarrow: `pip install -e \".[burns]\"`, "
+                        f"or pass --data-dir DIR with the task's files in their published format.") from None
     rows = pyarrow.parquet.read_table(path).to_pylist()
     return [(f"{path}: row {i}", i, row) for i, row in enumerate(rows, start=1)]
 

@@ -353,7 +353,8 @@ def corpus(tok, facts):
 def pretrain(model, idx, targets, config, device, desc=None):
     """A plain causal LM loop over the corpus (rows start at position 0, as the task's texts do): AdamW, linear
     warmup then linear decay to 0, seeded batch order, every epoch a full pass. The logits are computed only where
-    there is a target. A tqdm bar (epoch, loss, ETA) when `desc` is given and stderr is a terminal. Returns the mean
+    there is a target. When `desc` is given, a tqdm bar (epoch, loss, ETA) on a terminal, else a line every 10 epochs.
+    Returns the mean
     loss of the last epoch."""
     idx, targets = idx.to(device), targets.to(device)
     steps_per_epoch = -(-len(idx) // config.batch_size)
@@ -385,6 +386,8 @@ def pretrain(model, idx, targets, config, device, desc=None):
                 bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} loss {recent:.4f}", refresh=False)
             bar.update()
         epoch_loss = torch.stack(losses).mean().item()
+        if desc is not None and bar.disable and (epoch + 1) % 10 == 0:  # in a log: a plain line every 10 epochs
+            print(f"{desc}: epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.4f}", file=sys.stderr, flush=True)
     bar.close()
     model.eval()
     return round(epoch_loss, 4)

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+import cli
 import data.burns as burns
 import hub
 from data import DataError, load_task
@@ -230,9 +231,10 @@ def test_hub_parquet_without_pyarrow_says_to_install_it_or_pass_data_dir(tmp_pat
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # `import pyarrow.parquet` now fails as if absent
     write(tmp_path / "data" / "train-00000-of-00001.parquet", "PAR1")
     fake_hub(monkeypatch, tmp_path)
-    with pytest.raises(ImportError, match=r"train-00000-of-00001\.parquet is a parquet file.*"
-                                          r"`pip install pyarrow`, or pass --data-dir"):
+    with pytest.raises(DataError, match=r"train-00000-of-00001\.parquet is a parquet file.*"
+                                        r"`pip install -e \"\.\[burns\]\"`, or pass --data-dir") as e:
         burns.read("sciq", None)
+    assert cli.error_line(e.value) == str(e.value)  # an expected error: one line, and w2s --task burns goes on
 
 
 def test_hub_parquet_gives_the_same_examples_as_the_published_format(tmp_path, monkeypatch):

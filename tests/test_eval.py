@@ -230,6 +230,14 @@ def test_evaluate_experiment_and_write_results_on_a_synthetic_run_directory(tmp_
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_eval_json_prints_json_alone_on_stdout(tmp_path, capsys):
+    write_experiment(tmp_path, seeds=(0,))
+    w2s_eval.main([str(tmp_path), "--n-boot", "100", "--json"])
+    out, err = capsys.readouterr()
+    assert json.loads(out) == json.loads((tmp_path / "results.json").read_text())  # a pipe gets exactly the JSON
+    assert err.strip().endswith(f"results: {tmp_path / 'results.md'}, {tmp_path / 'results.json'}")
+
+
 def test_single_seed_table_shows_pgr_with_its_interval(tmp_path, capsys):
     write_experiment(tmp_path, seeds=(0,))
     w2s_eval.main([str(tmp_path), "--n-boot", "100"])

@@ -33,8 +33,13 @@ def trained(monkeypatch):
     return runs
 
 
-def test_sweep_trains_each_model_once_and_reports_every_pair(tmp_path, trained):
+def test_sweep_trains_each_model_once_and_reports_every_pair(tmp_path, trained, capsys):
     results = w2s.main(sweep(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    counters = [line for line in printed if line.startswith("[") and "/10] seed0/" in line]
+    assert counters[0] == "[1/10] seed0/random-1x16/weak (random:1x16)" and len(counters) == 10  # one per stage
+    assert printed[-1] == "results: " + ", ".join(str(tmp_path / name) for name in (
+        "results.json", "results.md", "results.png", "results_misfit.png", "results_sweep.png"))
     stages = sorted(str(Path(out).relative_to(tmp_path)) for out, *_ in trained)
     pairs = [(LABELS[0], LABELS[1]), (LABELS[0], LABELS[2]), (LABELS[1], LABELS[2])]
     assert stages == sorted(["seed0/random-1x16/weak", "seed0/random-1x32/weak", "seed0/random-1x32/ceiling",
@@ -69,6 +74,18 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
 
 
 
+def test_workers_take_only_the_gpus_this_process_may_use(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert w2s.worker_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the user's choice: physical GPUs 2 and 3, seen as 0 and 1
+    assert w2s.worker_gpus() == ["2", "3"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert w2s.worker_gpus() == []
+
+
 def test_chain_trains_in_order_each_model_on_the_previous_ones_labels(tmp_path, trained):
     results = w2s.main(ARGS + ["--weak", SIZES[0], "--strong", SIZES[2], "--chain", SIZES[1], "--out", str(tmp_path)])
     order = [str(Path(out).relative_to(tmp_path)) for out, *_ in trained]
@@ -81,6 +98,22 @@ def test_chain_trains_in_order_each_model_on_the_previous_ones_labels(tmp_path, 
     entry = results["seeds"]["0"]["pgr"][chain]
     assert entry["supervisor"] == "weak" and entry["ceiling"] == "ceiling"  # PGR against the original weak model
     assert f"| {chain} | weak |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_chain_inside_a_sweep_starts_from_the_naive_student_it_would_repeat(tmp_path, trained):
+    """random-1x16 > random-1x32 > random-2x32: the first step, weak labels -> random-1x32, is exactly the sweep's
+    naive student of that pair, so it is read from there, and no configuration is trained twice."""
+    results = w2s.main(sweep(tmp_path, "--chain", SIZES[1]))
+    trainings = [json.dumps([json.loads((Path(out) / "config.json").read_text())["comparable"],
+                             json.loads((Path(out) / "metrics.json").read_text())["inputs"]], sort_keys=True)
+                 for out, *_ in trained]
+    assert len(trainings) == len(set(trainings)) == 11  # no two runs share settings and inputs
+    read = {str(Path(out).relative_to(tmp_path)): Path(labels) for out, _, _, labels in trained}
+    naive = f"seed0/{LABELS[0]}__{LABELS[1]}/student_naive"
+    assert read[f"seed0/chain/2_{LABELS[2]}"] == tmp_path / naive / "predictions.json"
+    assert not (tmp_path / "seed0" / "chain" / f"1_{LABELS[1]}").exists()
+    chain = "chain:" + ">".join(LABELS)
+    assert results["seeds"]["0"]["pgr"][chain]["supervisor"] == f"{LABELS[0]}/weak"
 
 
 def test_print_commands_lists_every_stage_once_after_its_inputs_and_they_reproduce_the_run(tmp_path, capsys):

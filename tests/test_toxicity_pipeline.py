@@ -238,6 +238,16 @@ def w2s_args(rtp_dir, env, out):
             "--students", "naive,hard,soft,contrastive"]
 
 
+def test_printed_eval_command_scores_with_the_scorer_the_experiment_records(env, rtp_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", "a-key")  # no --scorer: the default is then Perspective
+    argv = [a for a in w2s_args(rtp_dir, env, tmp_path / "run") if a not in ("--scorer", "offline")]
+    w2s.main(argv + ["--print-commands"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"python eval.py {tmp_path / 'run'} --scorer perspective"
+    assert json.loads((tmp_path / "run" / "experiment.json").read_text())["experiment"]["scorer"].startswith("perspective")
+
+
 @pytest.mark.filterwarnings("ignore:.*bootstrap resamples have ceiling == weak")  # random tiny models: rare toxicity
 def test_w2s_toxicity_end_to_end_on_real_rows_and_identical_results_after_a_kill(env, rtp_dir, tmp_path):
     full = w2s.main(w2s_args(rtp_dir, env, tmp_path / "full"))

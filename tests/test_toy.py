@@ -133,6 +133,15 @@ def test_pretrained_model_is_a_loadable_directory_and_a_second_call_reuses_it(ca
     assert toy.resolve("toy-xs") == path and toy.resolve("/some/dir") == "/some/dir"
 
 
+def test_pretraining_in_a_log_prints_a_line_every_ten_epochs(capsys):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=1, n_embd=8))
+    idx = torch.randint(0, 257, (8, 6))
+    toy.pretrain(model, idx, idx.clone(), toy.PretrainConfig(epochs=20, batch_size=8), "cpu", desc="[toy] tiny")
+    lines = capsys.readouterr().err.splitlines()  # stderr is not a terminal here: plain lines, no bar
+    assert [line.split(" loss ")[0] for line in lines] == ["[toy] tiny: epoch 10/20", "[toy] tiny: epoch 20/20"]
+
+
 def test_quiet_pretraining_prints_nothing(cache, capsys):
     toy.pretrained_model("toy-xs", config=TINY, quiet=True)
     captured = capsys.readouterr()
