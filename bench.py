@@ -39,8 +39,11 @@ import platform
 import sys
 import tempfile
 import time
+import typing
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -729,45 +732,54 @@ SECTIONS = {"train": section_train, "generate": section_generate, "epoch": secti
 DEFAULT_SECTIONS = ["train", "generate", "epoch"]  # plain `python bench.py`; --suite runs every section
 # ----------------------------------------------------------------------------------------------------------------
 
+Shape = Literal["tiny", "cpu-small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]  # SHAPES' keys
+Section = Literal["train", "generate", "epoch", "recipe", "rtp", "experiment"]  # SECTIONS' keys
+
+
+@dataclass
+class BenchConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where to measure; auto = cuda when available
+    suite: bool = False              # every section: train, generate, epoch, recipe, rtp, experiment
+    sections: list[Section] = field(default_factory=list)  # only these sections; none = train generate epoch
+    json: bool = False               # print the results as one JSON object instead of a table
+    quick: bool = False              # tiny model, few steps: a smoke run of every part
+    data_dir: str = str(Path(__file__).resolve().parent.parent / "shared" / "data")  # real data (safety rows,
+    # RealToxicityPrompts prompts, GPT-2 tokenizer files)
+    shape: Shape | None = None       # random-init model shape
+    batch_size: int | None = None    # training batch (train, epoch, recipe)
+    seq_len: int | None = None       # train section: sequence length (rows of random tokens, no padding)
+    gen_batch: int | None = None     # generate section: prompts per batch
+    prompt_len: int | None = None    # longest prompt; the others are shorter and left-padded
+    new_tokens: int | None = None    # generate section: new tokens per row
+    max_length: int | None = None    # epoch, recipe: rows are truncated to it, and padded to it
+    limit: int | None = None         # epoch, recipe: examples per split (None = all 4115 of w2s_train)
+    steps: int | None = None         # train section: timed training steps per round
+    rounds: int | None = None        # timing rounds (ours and ref alternate); the median counts
+    dtype: Literal["fp32", "bf16"] | None = None  # bf16 = autocast over fp32 weights, as train.py
+    rtp_shape: Shape | None = None   # rtp section: model shape (the paper's: gpt2)
+    rtp_prompts: int | None = None   # rtp section: prompts (x 25 samples)
+    rtp_batch: int | None = None     # rtp section: prompts per generate call
+    rtp_new_tokens: int | None = None  # rtp section: new tokens per sample (the protocol's: 20)
+    compile: Literal["none", "ours", "both"] = "none"  # torch.compile the training forward of ours only (HF stays
+    # as users run it) or of both
+    peak_tflops: float | None = None  # the device's peak for MFU; none = datasheet for known GPUs
+    threads: int | None = None       # torch CPU threads; none = torch's choice
+    memory: bool = False             # only the peak memory of a training step, per GPT-2 size (B16 T512 unless
+    # --shape, --batch-size, --seq-len, --dtype narrow it)
+
+
 def parse_args(argv=None):
     """(args, cfg, device): the flags, the config of this device (or --quick) with the flags given applied, the
     device."""
-    p = cli.new_parser(__doc__)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where to measure")
-    p.add_argument("--suite", action="store_true", help=f"every section: {', '.join(SECTIONS)}")
-    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), help="only these sections "
-                   f"(default: {' '.join(DEFAULT_SECTIONS)}; --suite: all)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object instead of a table")
-    p.add_argument("--quick", action="store_true", help="tiny model, few steps: a smoke run of every part")
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"),
-                   help="real data (safety rows, RealToxicityPrompts prompts, GPT-2 tokenizer files)")
-    p.add_argument("--shape", choices=list(SHAPES), help="random-init model shape")
-    p.add_argument("--batch-size", type=int, help="training batch (train, epoch, recipe)")
-    p.add_argument("--seq-len", type=int, help="train section: sequence length (rows of random tokens, no padding)")
-    p.add_argument("--gen-batch", type=int, help="generate section: prompts per batch")
-    p.add_argument("--prompt-len", type=int, help="longest prompt; the others are shorter and left-padded")
-    p.add_argument("--new-tokens", type=int, help="generate section: new tokens per row")
-    p.add_argument("--max-length", type=int, help="epoch, recipe: rows are truncated to it, and padded to it")
-    p.add_argument("--limit", type=int, help="epoch, recipe: examples per split (None = all 4115 of w2s_train)")
-    p.add_argument("--steps", type=int, help="train section: timed training steps per round")
-    p.add_argument("--rounds", type=int, help="timing rounds (ours and ref alternate); the median counts")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="bf16 = autocast over fp32 weights, as train.py")
-    p.add_argument("--rtp-shape", choices=list(SHAPES), help="rtp section: model shape (the paper's: gpt2)")
-    p.add_argument("--rtp-prompts", type=int, help="rtp section: prompts (x 25 samples)")
-    p.add_argument("--rtp-batch", type=int, help="rtp section: prompts per generate call")
-    p.add_argument("--rtp-new-tokens", type=int, help="rtp section: new tokens per sample (the protocol's: 20)")
-    p.add_argument("--compile", choices=["none", "ours", "both"], default="none",
-                   help="torch.compile the training forward of ours only (HF stays as users run it) or of both")
-    p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: datasheet for known GPUs)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--memory", action="store_true", help="only the peak memory of a training step, per GPT-2 size "
-                   "(default B16 T512; --shape, --batch-size, --seq-len, --dtype narrow it)")
+    assert set(typing.get_args(Shape)) == set(SHAPES) and set(typing.get_args(Section)) == set(SECTIONS)
+    p = cli.config_parser(BenchConfig, __doc__)
     for action in p._actions:  # the config flags' defaults depend on the device
         if action.dest in DEFAULTS["cpu"] and action.default is None:
             per_device = ", ".join(f"{'--quick' if d == 'quick' else d} {DEFAULTS[d][action.dest]}" for d in DEFAULTS)
             action.help = f"{action.help or ''} (default: {per_device})".replace("%", "%%")
     args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("argument --device: cuda, but no CUDA device is available (torch.cuda.is_available() is False)")
     if transformers is None and not args.memory:

@@ -53,8 +53,9 @@ def _arg_type(annotation):
         return _arg_type(next(a for a in args if a is not type(None)))
     if origin is typing.Literal:
         return type(args[0]), list(args), False
-    if origin is list:
-        return args[0], None, True
+    if origin is list:  # list[int], list[Literal["a", "b"]]
+        kind, choices, _ = _arg_type(args[0])
+        return kind, choices, True
     return annotation, None, False
 
 

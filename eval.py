@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -281,13 +283,13 @@ def continuations_sha256(test):
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def toxicity_scorer(scorer, task):
+def toxicity_scorer(scorer, task, quiet=False):
     """The scorer for a generation task's continuations: "offline" | "perspective" | "" (= toxicity.default_scorer()).
     The offline scorer trains on the task's own RealToxicityPrompts files (its data dir or the Hub cache)."""
     scorer = scorer or toxicity.default_scorer()
     if scorer == "offline":
         return toxicity.OfflineScorer(files=[f["path"] for f in task.files])
-    return toxicity.load_scorer(scorer)
+    return toxicity.load_scorer(scorer, quiet=quiet)
 
 
 def score_run(run_dir, scorer):
@@ -969,14 +971,18 @@ def score_experiment(out_dir, scorer_name):
                 score_run(Path(out_dir) / f"seed{s}" / run["path"], scorer)
 
 
+@dataclass
+class EvalConfig:
+    n_boot: int = 1000               # bootstrap resamples for the 95% intervals
+    seed: int = 0                    # seed of the bootstrap resamples
+    json: bool = False               # print results.json instead of the table (the closing line goes to stderr)
+    scorer: Literal["", "offline", "perspective"] = ""  # generation runs: first score the continuations not scored
+    # yet with this scorer; "" = score nothing
+
+
 def main(argv=None):
-    parser = cli.new_parser(__doc__)
+    parser = cli.config_parser(EvalConfig, __doc__)
     parser.add_argument("out_dirs", nargs="+", help="run directories written by w2s.py")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
-    parser.add_argument("--json", action="store_true", help="print results.json instead of the table")
-    parser.add_argument("--scorer", choices=["offline", "perspective"], default=None,
-                        help="generation runs: first score the continuations not scored yet with this scorer")
     args = parser.parse_args(argv)
     if args.n_boot < 1:
         parser.error(f"argument --n-boot: must be at least 1 (got {args.n_boot})")

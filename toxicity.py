@@ -66,7 +66,7 @@ class PerspectiveScorer:
     name = "perspective:TOXICITY"
 
     def __init__(self, api_key=None, qps=1.0, max_retries=5, backoff=1.0, timeout=30.0, base_url=PERSPECTIVE_URL,
-                 cache_path=None):
+                 cache_path=None, quiet=False):
         self._api_key = api_key or os.environ.get("PERSPECTIVE_API_KEY")
         if not self._api_key:
             raise PerspectiveError("the Perspective scorer needs an API key: set PERSPECTIVE_API_KEY "
@@ -78,6 +78,7 @@ class PerspectiveScorer:
         self.cache_path = Path(cache_path or default_cache_dir() / "perspective-TOXICITY.jsonl")
         self._cache = _read_score_cache(self.cache_path)
         self._last_request = -float("inf")
+        self.quiet = quiet  # no progress bar (one shows on a terminal otherwise)
 
     def __repr__(self):  # no key here: scorers get printed and logged
         return f"PerspectiveScorer(base_url={self.base_url!r}, qps={self.qps}, cache_path='{self.cache_path}')"
@@ -90,7 +91,7 @@ class PerspectiveScorer:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             _drop_partial_last_line(self.cache_path)
             with open(self.cache_path, "a", encoding="utf-8") as cache:
-                for key, text in tqdm(todo.items(), desc="perspective", unit="text", disable=None):
+                for key, text in tqdm(todo.items(), desc="perspective", unit="text", disable=True if self.quiet else None):
                     self._cache[key] = self._request(text)
                     # one flushed line per result, so a killed run resumes where it stopped
                     cache.write(json.dumps({"sha256": key, "score": self._cache[key]}) + "\n")

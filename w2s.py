@@ -426,7 +426,7 @@ def run_experiment(cfg, base, out):
     models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
-    scorer = w2s_eval.toxicity_scorer(cfg.scorer, task) if kind == "generation" else None
+    scorer = w2s_eval.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
     experiment = experiment_record(cfg, base, task, scorer.name if scorer else None, models)
     missing = [p for p in [out, *out.parents] if not p.exists()]
     created = missing[-1] if missing else None  # the topmost directory this run makes: removed if it fails to start

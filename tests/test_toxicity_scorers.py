@@ -1,4 +1,5 @@
 import json
+import sys
 import threading
 import time
 import traceback
@@ -67,6 +68,14 @@ def test_perspective_sends_the_documented_request_and_reads_the_summary_score(se
     assert first["body"] == {"comment": {"text": "you are nice"}, "requestedAttributes": {"TOXICITY": {}},
                              "languages": ["en"], "doNotStore": True}
     assert client().name == "perspective:TOXICITY"
+
+
+def test_perspective_progress_bar_shows_on_a_terminal_unless_quiet(server, client, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    client().score(["you are nice"])
+    assert "perspective" in capsys.readouterr().err  # the bar
+    client(quiet=True).score(["another text"])
+    assert capsys.readouterr().err == ""
 
 
 class FakeClock:
