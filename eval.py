@@ -639,6 +639,15 @@ def _gap_table(results, metric_names, titles):
             summaries = [_summary([e[k]["gap"] for e in by_seed.values()]) for k in metric_names]
             cells = [f"{_fmt(s['mean'])} ± {_fmt(s['std'])}" for s in summaries]
         lines.append(f"| {supervisor} | {ceiling} | " + " | ".join(cells) + " |")
+    flipped = {}  # resamples whose gap has the other sign: kept in the PGR intervals, and said here
+    for seed, r in results["seeds"].items():
+        for name, entry in r["pgr"].items():
+            for k in metric_names:
+                if entry.get(k, {}).get("n_flipped"):
+                    flipped.setdefault((name, k), []).append(f"{entry[k]['n_flipped']} (seed {seed})")
+    if flipped:
+        lines += ["", "Bootstrap resamples in which the gap flipped sign (kept in the PGR intervals, not dropped): " +
+                  "; ".join(f"{name} {k}: {', '.join(v)}" for (name, k), v in flipped.items()) + "."]
     return lines
 
 

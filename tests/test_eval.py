@@ -134,6 +134,10 @@ def test_pgr_interval_always_contains_its_point_and_counts_resamples_whose_gap_f
     entry = w2s_eval.pgr_with_interval(0.60, 0.61, 0.66, weak, student, ceiling)
     assert entry["gap_lo"] > 0 and entry["lo"] <= entry["pgr"] <= entry["hi"]
     assert entry["n_flipped"] >= 20 and entry["n_zero_gap"] == 0
+    results = {"seeds": {"0": {"pgr": {"student_naive": {"supervisor": "weak", "ceiling": "ceiling", "accuracy": entry}}}}}
+    assert w2s_eval._gap_table(results, ["accuracy"], ["Accuracy"])[-1] == (  # and results.md says how many
+        "Bootstrap resamples in which the gap flipped sign (kept in the PGR intervals, not dropped): "
+        f"student_naive accuracy: {entry['n_flipped']} (seed 0).")
     point_outside = w2s_eval.pgr_with_interval(0.60, 0.90, 0.70, weak, weak + 0.001, weak + 0.10)
     assert point_outside["pgr"] == pytest.approx(3.0) and point_outside["hi"] == pytest.approx(3.0)
 

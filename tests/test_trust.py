@@ -391,11 +391,20 @@ def test_eval_on_a_missing_run_directory_is_one_line(tmp_path, capsys):
     ("w2s.py", ["--task", "safety", "--epochs", "0"], "error: argument --epochs: must be at least 1"),
     ("train.py", ["--task", "safety", "--lr", "0"], "error: argument --lr: must be > 0"),
     ("eval.py", ["{tmp}/runs/safety"], "error: {tmp}/runs/safety"),
+    pytest.param("bench.py", ["--device", "cuda"], "error: argument --device: cuda, but no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there")),
 ])
 def test_entry_points_end_expected_errors_with_exit_2_and_one_line(tmp_path, script, argv, message):
     code, out, err = run_script(script, [a.format(tmp=tmp_path) for a in argv], cwd=tmp_path)
     assert code == 2 and err.splitlines() == [err.strip()] and err.startswith(message.format(tmp=tmp_path)), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bug_keeps_its_traceback():
+    def buggy():
+        return {}["missing"]  # not bad input: a KeyError in our own code
+    with pytest.raises(KeyError):
+        cli.main_guard(buggy)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
