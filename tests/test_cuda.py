@@ -11,7 +11,9 @@
    a warm one.
 4. a DistributedDataParallel step over NCCL, world size 1 (one process per GPU: one process here), equals the same
    step in a single process without DDP: loss, gradients, and the model after the AdamW step.
-5. `bench.py --suite --quick --device cuda` runs every section (epoch and recipe need the safety data: W2S_SHARED_DATA
+5. train.py's own DDP path under torchrun over NCCL (world size 1) equals the same run in one process, and its
+   --compile training equals eager (bf16 and fusion rounding).
+6. `bench.py --suite --quick --device cuda` runs every section (epoch and recipe need the safety data: W2S_SHARED_DATA
    or ../shared/data) with all of its checks passing.
 fp32 references run with TF32 off (train.py and bench.py turn it on)."""
 import contextlib
@@ -240,6 +242,48 @@ def ddp_worker(out):
            "logit_diff": logit_diff}
     Path(out).write_text(json.dumps(res))
     dist.destroy_process_group()
+
+
+def train_py_on_cuda(out, model, data, *extra):
+    """train.py's own CUDA path (bf16 autocast, TF32, fused AdamW) for a few steps of real safety rows, in process."""
+    import train
+    args = ["--task", "safety", "--role", "ceiling", "--limit", "31", "--batch-size", "8", "--max-length", "32",
+            "--max-steps", "3", "--lr", "1e-3", "--device", "cuda", "--model", str(model), "--data-dir", str(data),
+            "--out", str(out), "--quiet", *extra]
+    train.run(train.parse_args(args))
+    return args
+
+
+def read_run(out):
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics, torch.tensor(json.loads((out / "predictions.json").read_text())["test"]["probs"])
+
+
+def test_train_py_under_torchrun_over_nccl_takes_the_single_process_steps(shared_data, save_tiny_gpt, tmp_path):
+    """Not a hand-written step: train.py's DDP code (setup_runtime's NCCL init, the val-loss broadcast, the sharded
+    batches) under torchrun, world size 1, against the same run in one process."""
+    model = save_tiny_gpt(tmp_path / "model", 2, 64)
+    args = train_py_on_cuda(tmp_path / "single", model, shared_data)
+    single, single_probs = read_run(tmp_path / "single")
+    ddp_args = [a if a != str(tmp_path / "single") else str(tmp_path / "ddp") for a in args]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port",
+                        str(free_port()), "train.py", *ddp_args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ddp, ddp_probs = read_run(tmp_path / "ddp")
+    assert ddp["steps"] == single["steps"] == 3
+    assert ddp["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-3)
+    torch.testing.assert_close(ddp_probs, single_probs, rtol=0, atol=2e-3)  # bf16 autocast, kernel order
+
+
+def test_train_py_compiled_training_matches_eager(shared_data, save_tiny_gpt, tmp_path):
+    """--compile (what bench.py --compile ours times): the same steps as eager, up to bf16 and fusion rounding."""
+    model = save_tiny_gpt(tmp_path / "model", 2, 64)
+    train_py_on_cuda(tmp_path / "eager", model, shared_data)
+    train_py_on_cuda(tmp_path / "compiled", model, shared_data, "--compile")
+    eager, eager_probs = read_run(tmp_path / "eager")
+    compiled, compiled_probs = read_run(tmp_path / "compiled")
+    assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], rel=1e-2)
+    torch.testing.assert_close(compiled_probs, eager_probs, rtol=0, atol=1e-2)
 
 
 def test_bench_quick_suite_on_cuda(capsys):
