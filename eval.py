@@ -788,7 +788,8 @@ def _member_weights_table(results):
         if not per_seed:
             continue
         lines += ["", f"Learned member weights of {student} (at the selected step, `--select`; mean ± std over seeds "
-                      "when several), beside each member's own test accuracy:", "", "| Member | Weight | Member accuracy |", "|---|---|---|"]
+                      "when several), beside each member's own test accuracy:", "",
+                  "| Member | Weight | Member accuracy |", "|---|---|---|"]
         for k in range(len(per_seed[0])):
             member = f"{prefix}ensemble/member{k}"
             w = _summary([ws[k] for ws in per_seed])

@@ -188,7 +188,7 @@ def chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, 
     name = "chain:" + ">".join(label[m] for m in path)
     for i, model in enumerate(path[1:], start=1):
         stage, last = f"chain/{i}_{label[model]}", i == len(path) - 1
-        if i == 1 and not last and sweep and naive and model in models:
+        if i == 1 and not last and sweep and naive and model in models[1:]:
             trained_on, previous = previous, f"{label[path[0]]}__{label[model]}/student_naive"
             continue
         add(stage, dataclasses.replace(base, role="student", model=model,

@@ -354,8 +354,7 @@ def pretrain(model, idx, targets, config, device, desc=None):
     """A plain causal LM loop over the corpus (rows start at position 0, as the task's texts do): AdamW, linear
     warmup then linear decay to 0, seeded batch order, every epoch a full pass. The logits are computed only where
     there is a target. When `desc` is given, a tqdm bar (epoch, loss, ETA) on a terminal, else a line every 10 epochs.
-    Returns the mean
-    loss of the last epoch."""
+    Returns the mean loss of the last epoch."""
     idx, targets = idx.to(device), targets.to(device)
     steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
