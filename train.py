@@ -362,11 +362,15 @@ class Runtime:
             print(f"[{self.name}] {msg}", flush=True)
 
 
+def run_device(cfg):
+    """--device with auto resolved: cuda when available, else cpu."""
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+
+
 def numerics(cfg):
     """Where and in what precision the numbers are computed (--device auto and --dtype auto resolved): a stage or an
     experiment resumed on other hardware must not mix them (fp32 on CPU, bf16 autocast and TF32 on CUDA)."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = run_device(cfg)
     bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
     return {"device": device.type, "dtype": "bf16" if bf16 else "fp32"}
 
@@ -374,8 +378,7 @@ def numerics(cfg):
 def setup_runtime(cfg):
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun sets RANK / WORLD_SIZE
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = run_device(cfg)
     if ddp:
         if device.type == "cuda":
             device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
