@@ -176,7 +176,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.score = nn.Linear(config.n_embd, config.n_classes, bias=False) if config.n_classes > 0 else None
-        # not saved: derived from the config. Kept float32: the model stays float32 under bf16 autocast.
+        # not saved: derived from the config, and always float32 (see _apply)
         self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
         for name, p in self.named_parameters():  # transformers' init: normal(0, 0.02), zero biases, unit norms
             if name.endswith("bias"):
@@ -185,6 +185,13 @@ class Llama(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(torch.bfloat16) and .half() would round the frequencies, and RoPE at position 10^4 with them: recompute
+        # them in float32 on the new device after any move or cast
+        super()._apply(fn, *args, **kwargs)
+        self.inv_freq = rope_frequencies(self.config).to(self.inv_freq.device)
+        return self
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied embed/lm_head once
@@ -528,7 +535,7 @@ def _config_from_hf(hf, where, n_classes):
             n_embd=hf["hidden_size"], intermediate_size=hf["intermediate_size"], head_dim=hf.get("head_dim") or 0,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
             attention_bias=bias, o_proj_bias=bias and model_type != "qwen2", qk_norm=model_type == "qwen3",
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type != "llama")), model_type=model_type,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), model_type=model_type,
             bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
             pad_token_id=hf.get("pad_token_id"), n_classes=n_classes)
     except KeyError as e:

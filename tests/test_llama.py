@@ -21,12 +21,19 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden
 # One tiny configuration per model_type, each with what sets it apart: Llama 3's rope scaling (with an original
 # context short enough that the test positions cross all three frequency bands), Qwen2's q/k/v biases, Qwen3's q/k
 # norms with a head_dim that is not hidden_size / heads.
+LLAMA3 = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)
 CONFIGS = {
-    "llama": ("LlamaConfig", "Llama", dict(rope_theta=500000.0, tie_word_embeddings=True, rope_scaling=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16))),
+    "llama": ("LlamaConfig", "Llama", dict(rope_theta=500000.0, tie_word_embeddings=True,
+                                           rope_scaling=dict(rope_type="llama3", **LLAMA3))),
     "qwen2": ("Qwen2Config", "Qwen2", dict(rope_theta=1000000.0, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", "Qwen3", dict(rope_theta=1000000.0, tie_word_embeddings=False, head_dim=12)),
 }
+
+
+def edit_checkpoint(directory, edit):
+    state = load_file(directory / "model.safetensors")
+    edit(state)
+    save_file(state, directory / "model.safetensors")
 
 
 def hf_model(kind, n_classes=0, seed=0, **overrides):
@@ -189,13 +196,53 @@ def test_grad_checkpoint_gives_the_same_loss_and_gradients():
     assert results[0][0] == results[1][0] and torch.allclose(results[0][1], results[1][1], atol=1e-6)
 
 
+def tiny_llama(**kw):
+    torch.manual_seed(0)
+    return Llama(llama.LlamaConfig(vocab_size=VOCAB, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                   intermediate_size=48, **kw)).eval()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padding_either_side_leaves_real_token_outputs_unchanged(side):
+    model = tiny_llama(n_classes=2, rope_scaling=LLAMA3)
+    idx, mask = pad(ROWS, side)
+    with torch.no_grad():
+        logits, classes = model(idx, attention_mask=mask)[0], model.classify(idx, mask)
+        for i, r in enumerate(ROWS):
+            alone = model(torch.tensor([r]))[0]
+            assert torch.allclose(logits[i, mask[i].bool()], alone[0], atol=1e-5), f"row {i} changed by {side} padding"
+            assert torch.allclose(classes[i], model.classify(torch.tensor([r]))[0], atol=1e-5)
+        assert torch.isfinite(logits).all()  # pad queries see themselves: no all-masked row
+
+
+def test_bf16_keeps_rope_frequencies_in_float32_and_autocast_stays_close():
+    model = tiny_llama()
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        fp32 = model(idx)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(idx)[0]
+        assert model.to(torch.bfloat16).inv_freq.dtype == torch.float32
+        assert torch.equal(model.inv_freq, llama.rope_frequencies(model.config))
+    assert (auto.float() - fp32).abs().max() < 0.1 * fp32.abs().max()
+
+
+def test_tied_lm_head_present_must_equal_the_embedding_and_score_is_reused_when_it_fits(tmp_path):
+    hf_model("llama").save_pretrained(tmp_path)
+    edit_checkpoint(tmp_path, lambda s: s.update({"lm_head.weight": s["model.embed_tokens.weight"].clone()}))
+    model = Llama.from_pretrained(tmp_path)
+    assert model.lm_head.weight is model.embed.weight
+    edit_checkpoint(tmp_path, lambda s: s.update({"lm_head.weight": s["lm_head.weight"] + 1}))
+    with pytest.raises(CheckpointError, match="tie_word_embeddings true but an lm_head.weight that differs"):
+        Llama.from_pretrained(tmp_path)
+    hf_model("llama", n_classes=3).save_pretrained(tmp_path / "cls")
+    score = load_file(tmp_path / "cls" / "model.safetensors")["score.weight"]
+    assert torch.equal(Llama.from_pretrained(tmp_path / "cls", n_classes=3).score.weight, score)
+    assert Llama.from_pretrained(tmp_path / "cls", n_classes=2).score.weight.shape == (2, 32)  # fresh head
+    assert Llama.from_pretrained(tmp_path / "cls").score is None
+
+
 # ---- errors ------------------------------------------------------------------------------------------------------
-
-def edit_checkpoint(directory, edit):
-    state = load_file(directory / "model.safetensors")
-    edit(state)
-    save_file(state, directory / "model.safetensors")
-
 
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.pop("model.layers.1.mlp.up_proj.weight"), r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]"),
