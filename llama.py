@@ -306,11 +306,12 @@ class Llama(nn.Module):
         return from_hf_state(hf, state, n_classes, source, config_file)
 
     def _load_hf_state(self, state, source):
-        ours = {k: v for k, v in self.state_dict().items() if k != "lm_head.weight" or not self.config.tie_word_embeddings}
+        tied = self.config.tie_word_embeddings
+        ours = {k: v for k, v in self.state_dict().items() if not (tied and k == "lm_head.weight")}
         lm_head, loaded, unexpected = None, {}, []
         for key, tensor in state.items():
             name = _our_name(key)
-            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            if name == "lm_head.weight" and tied:
                 lm_head = tensor
             elif name == "score.weight":
                 # a classification head is reused when its shape fits, otherwise the fresh one stays
@@ -331,8 +332,8 @@ class Llama(nn.Module):
         if bad:
             raise CheckpointError(f"checkpoint {source} has tensors of the wrong shape: {'; '.join(bad)}")
         if lm_head is not None and not torch.equal(lm_head, loaded["embed.weight"]):
-            raise CheckpointError(f"checkpoint {source} has tie_word_embeddings true but an lm_head.weight that differs "
-                                  "from the token embedding")
+            raise CheckpointError(f"checkpoint {source} has tie_word_embeddings true but an lm_head.weight that "
+                                  "differs from the token embedding")
         self.load_state_dict(loaded, strict=False)  # strict by the checks above; a tied lm_head is embed
 
     def save_pretrained(self, directory):
@@ -505,7 +506,8 @@ def random_config(spec, n_classes=0):
 def _rope_from_hf(hf, where):
     """(rope_theta, llama3 scaling or None) from either spelling: Hub files' rope_theta + rope_scaling, or
     transformers 5's rope_parameters."""
-    params = hf.get("rope_parameters") or {**(hf.get("rope_scaling") or {}), "rope_theta": hf.get("rope_theta", 10000.0)}
+    params = hf.get("rope_parameters") or {**(hf.get("rope_scaling") or {}),
+                                           "rope_theta": hf.get("rope_theta", 10000.0)}
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ("default", "llama3"):
         raise CheckpointError(f"{where}: rope type {kind!r} is not supported (only default and 'llama3')")
@@ -521,7 +523,8 @@ def _rope_from_hf(hf, where):
 def _config_from_hf(hf, where, n_classes):
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
-        raise CheckpointError(f"{where}: model_type {model_type!r} is not supported (only {', '.join(map(repr, MODEL_TYPES))})")
+        raise CheckpointError(f"{where}: model_type {model_type!r} is not supported "
+                              f"(only {', '.join(map(repr, MODEL_TYPES))})")
     unsupported = [f"{k}={hf[k]!r}" for k, ok in (("hidden_act", "silu"), ("mlp_bias", False),
                                                    ("use_sliding_window", False)) if k in hf and hf[k] != ok]
     if unsupported:
@@ -543,7 +546,8 @@ def _config_from_hf(hf, where, n_classes):
 
 
 def _hf_config(c):
-    """config.json of a config, in the Hub's own spelling (rope_theta + rope_scaling, which transformers 4 and 5 read)."""
+    """config.json of a config, in the Hub's own spelling: rope_theta + rope_scaling, which transformers 4 and 5
+    both read."""
     expected = {"llama": (False, c.attention_bias), "qwen2": (False, False), "qwen3": (True, c.attention_bias)}
     if c.model_type not in expected or (c.qk_norm, c.o_proj_bias) != expected[c.model_type] or (
             c.model_type == "qwen2" and not c.attention_bias):

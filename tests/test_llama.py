@@ -294,3 +294,17 @@ def test_hub_repo_resolves_through_hub_file_and_offline_says_so(tmp_path, monkey
     with pytest.raises(CheckpointError, match="not a model directory"):
         Llama.from_pretrained(str(tmp_path / "no-such-dir"))
 
+
+
+def test_sharded_checkpoint_errors_name_the_index_or_the_shard(tmp_path):
+    hf_model("llama").save_pretrained(tmp_path, max_shard_size="20KB")
+    config_file, shards = llama.check_checkpoint(tmp_path)
+    assert config_file == tmp_path / "config.json" and len(shards) > 2
+    shards[1].write_bytes(shards[1].read_bytes()[:-100])  # truncated
+    for load in (Llama.from_pretrained, llama.check_checkpoint):
+        with pytest.raises(CheckpointError, match=f"cannot read weights {shards[1]}"):
+            load(tmp_path)
+    shards[1].unlink()
+    with pytest.raises(CheckpointError, match=f"{tmp_path / llama.INDEX} lists shards that are not there: "
+                                              f"\\['{shards[1].name}'\\]"):
+        Llama.from_pretrained(tmp_path)
