@@ -311,6 +311,8 @@ class Llama(nn.Module):
         lm_head, loaded, unexpected = None, {}, []
         for key, tensor in state.items():
             name = _our_name(key)
+            if key.endswith("rotary_emb.inv_freq"):
+                continue  # the RoPE buffers some older conversions saved; ours come from the config
             if name == "lm_head.weight" and tied:
                 lm_head = tensor
             elif name == "score.weight":
