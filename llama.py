@@ -203,34 +203,42 @@ class Llama(nn.Module):
         n = self.num_params() - (0 if c.tie_word_embeddings else self.embed.weight.numel())
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
 
-    def embed_inputs(self, idx, attention_mask=None, cache=None):
-        """The input of blocks[0] (B, T, n_embd) and what every block needs beside it, ctx = (rope, mask): the first
-        half of _run, public so that a caller can run embeddings -> blocks[:k] and blocks[k:] -> norm apart."""
-        B, T = idx.shape
+    def _context(self, B, T, device, attention_mask, cache):
+        """What every block needs beside its input: (rope, mask), from the positions of the real tokens."""
         past_len = cache[0][0].size(2) if cache else 0
         if past_len + T > self.config.block_size:
             raise ValueError(f"sequence length {past_len + T} exceeds block_size {self.config.block_size}")
         if attention_mask is None and not cache:
-            pos, mask = torch.arange(T, device=idx.device)[None], None
+            pos, mask = torch.arange(T, device=device)[None], None
         else:
             if attention_mask is None:
-                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=idx.device)
+                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=device)
             if tuple(attention_mask.shape) != (B, past_len + T):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)}")
             real = attention_mask.bool()
             pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past_len:]
-            q = torch.arange(past_len, past_len + T, device=idx.device)[:, None]
-            k = torch.arange(past_len + T, device=idx.device)[None, :]
+            q = torch.arange(past_len, past_len + T, device=device)[:, None]
+            k = torch.arange(past_len + T, device=device)[None, :]
             # causal AND key is real; every query also sees itself so that pad queries get no all-masked (NaN) row
             mask = ((k <= q) & real[:, None, None, :]) | (k == q)  # (B, 1, T, past_len + T)
-        x = self.embed(idx)
-        return x, (rotary(self.inv_freq, pos, x.dtype), mask)
+        return pos, mask
 
-    def run_blocks(self, x, ctx, cache=None, start=0, stop=None):
-        """blocks[start:stop] on x; with `cache` (as in _run, indexed from block 0) also their (k, v) so far."""
-        rope, mask = ctx
+    def _run(self, idx, attention_mask=None, cache=None, blocks=slice(None), x=None):
+        """Final hidden states (B, T, n_embd), and with `cache` (a list: empty at first, then what the previous call
+        returned) the per-layer (k, v) so far. With a non-empty cache, `idx` holds only the new tokens while
+        `attention_mask` covers earlier and new tokens. `blocks` runs a slice of the blocks only (--train-layers:
+        the frozen bottom once, the trained top at every step): one that starts after block 0 takes that block's
+        input `x` (B, T, n_embd) instead of `idx`, and one that stops before the end returns its last block's
+        output, without the final norm."""
+        B, T = idx.shape if x is None else x.shape[:2]
+        device = idx.device if x is None else x.device
+        pos, mask = self._context(B, T, device, attention_mask, cache)
+        start, stop, _ = blocks.indices(len(self.blocks))
+        if start == 0:
+            x = self.embed(idx)
+        rope = rotary(self.inv_freq, pos, x.dtype)
         new_cache = None if cache is None else []  # only kept when asked for: checkpointing would hold them all
-        for i in range(start, len(self.blocks) if stop is None else stop):
+        for i in range(start, stop):
             past = cache[i] if cache else None
             if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(self.blocks[i], x, rope, mask, past, use_reentrant=False)
@@ -238,15 +246,19 @@ class Llama(nn.Module):
                 x, kv = self.blocks[i](x, rope, mask, past)
             if new_cache is not None:
                 new_cache.append(kv)
-        return x, new_cache
+        return (self.norm(x) if stop == len(self.blocks) else x), new_cache
 
-    def _run(self, idx, attention_mask=None, cache=None):
-        """Final hidden states (B, T, n_embd), and with `cache` (a list: empty at first, then what the previous call
-        returned) the per-layer (k, v) so far. With a non-empty cache, `idx` holds only the new tokens while
-        `attention_mask` covers earlier and new tokens."""
-        x, ctx = self.embed_inputs(idx, attention_mask, cache)
-        x, new_cache = self.run_blocks(x, ctx, cache)
-        return self.norm(x), new_cache
+    def final_norm(self, x):
+        return self.norm(x)
+
+    def truncate(self, depth):
+        """Keep the first `depth` blocks and the final norm: a shallower pretrained model from the same weights
+        (`model@depth`), whose hidden states are the full model's after block `depth`, normed."""
+        if not 1 <= depth <= self.config.n_layer:
+            raise CheckpointError(f"depth {depth} is outside 1..{self.config.n_layer}, the blocks this model has")
+        self.blocks = self.blocks[:depth]
+        self.config.n_layer = depth
+        return self
 
     def hidden(self, idx, attention_mask=None):
         return self._run(idx, attention_mask)[0]
@@ -357,20 +369,6 @@ def from_hf_state(hf_config, state, n_classes=0, source="checkpoint", config_fil
         hf["tie_word_embeddings"] = True
     model = Llama(_config_from_hf(hf, config_file or source, n_classes))
     model._load_hf_state(state, source)
-    return model
-
-
-def truncate(model, depth):
-    """The model cut to its first `depth` blocks, the final norm and heads kept (in place; returns the model): a
-    Llama or a model.GPT alike."""
-    blocks = model.blocks if hasattr(model, "blocks") else model.transformer.h
-    if not 1 <= depth <= len(blocks):
-        raise ValueError(f"depth must be in [1, {len(blocks)}], got {depth}")
-    if hasattr(model, "blocks"):
-        model.blocks = blocks[:depth]
-    else:
-        model.transformer.h = blocks[:depth]
-    model.config.n_layer = depth
     return model
 
 

@@ -130,40 +130,68 @@ class GPT(nn.Module):
         n = self.num_params() - self.transformer.wpe.weight.numel()
         return 6 * n + 12 * self.config.n_layer * self.config.n_embd * seq_len
 
-    def _run(self, idx, attention_mask=None, cache=None):
+    def _run(self, idx, attention_mask=None, cache=None, blocks=slice(None), x=None):
         """Final hidden states (B, T, n_embd), and with `cache` (a list: empty at first, then what the previous call
         returned) the per-layer (k, v) so far. With a non-empty cache, `idx` holds only the new tokens while
-        `attention_mask` covers earlier and new tokens."""
-        B, T = idx.shape
+        `attention_mask` covers earlier and new tokens. `blocks` runs a slice of the blocks only (--train-layers:
+        the frozen bottom once, the trained top at every step): one that starts after block 0 takes that block's
+        input `x` (B, T, n_embd) instead of `idx`, and one that stops before the end returns its last block's
+        output, without the final LayerNorm."""
+        B, T = idx.shape if x is None else x.shape[:2]
+        device = idx.device if x is None else x.device
         past_len = cache[0][0].size(2) if cache else 0
         if past_len + T > self.config.block_size:
             raise ValueError(f"sequence length {past_len + T} exceeds block_size {self.config.block_size}")
         if attention_mask is None and not cache:
-            pos, mask = torch.arange(T, device=idx.device), None
+            pos, mask = torch.arange(T, device=device), None
         else:
             if attention_mask is None:
-                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=idx.device)
+                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=device)
             if tuple(attention_mask.shape) != (B, past_len + T):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)}")
             real = attention_mask.bool()
             pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past_len:]
-            q = torch.arange(past_len, past_len + T, device=idx.device)[:, None]
-            k = torch.arange(past_len + T, device=idx.device)[None, :]
+            q = torch.arange(past_len, past_len + T, device=device)[:, None]
+            k = torch.arange(past_len + T, device=device)[None, :]
             # causal AND key is real; every query also sees itself so that pad queries get no all-masked (NaN) row
             mask = ((k <= q) & real[:, None, None, :]) | (k == q)  # (B, 1, T, past_len + T)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        start, stop, _ = blocks.indices(len(self.transformer.h))
+        if start == 0:
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         new_cache = None if cache is None else []  # only kept when asked for: checkpointing would hold them all
-        for i, block in enumerate(self.transformer.h):
-            past = cache[i] if cache else None
+        for i in range(start, stop):
+            block, past = self.transformer.h[i], cache[i] if cache else None
             if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(block, x, mask, past, use_reentrant=False)
             else:
                 x, kv = block(x, mask, past)
             if new_cache is not None:
                 new_cache.append(kv)
-        if self.config.pre_ln:
+        if self.config.pre_ln and stop == len(self.transformer.h):
             x = self.transformer.ln_f(x)
         return x, new_cache
+
+    @property
+    def blocks(self):
+        return self.transformer.h
+
+    @property
+    def norm(self):
+        """The final norm (GPT-2's ln_f), None for GPT-1."""
+        return self.transformer.ln_f if self.config.pre_ln else None
+
+    def final_norm(self, x):
+        """What the last block's output goes through before a head (GPT-1 has no final LayerNorm)."""
+        return self.transformer.ln_f(x) if self.config.pre_ln else x
+
+    def truncate(self, depth):
+        """Keep the first `depth` blocks and the final norm: a shallower pretrained model from the same weights
+        (`model@depth`), whose hidden states are the full model's after block `depth`, normed."""
+        if not 1 <= depth <= self.config.n_layer:
+            raise CheckpointError(f"depth {depth} is outside 1..{self.config.n_layer}, the blocks this model has")
+        self.transformer.h = self.transformer.h[:depth]
+        self.config.n_layer = depth
+        return self
 
     def hidden(self, idx, attention_mask=None):
         return self._run(idx, attention_mask)[0]

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import hub
 import llama
-from llama import Llama, truncate
+from llama import Llama
 from model import CheckpointError
 
 transformers = pytest.importorskip("transformers")
@@ -175,11 +175,11 @@ def test_truncate_keeps_the_first_blocks_and_equals_the_prefix():
                                     intermediate_size=48)).eval()
     idx, mask = pad(ROWS, "left")
     with torch.no_grad():
-        x, ctx = model.embed_inputs(idx, mask)
-        two = model.norm(model.run_blocks(x, ctx, stop=2)[0])
-        three = model.norm(model.run_blocks(model.run_blocks(x, ctx, stop=1)[0], ctx, start=1)[0])
+        two = model.final_norm(model._run(idx, mask, blocks=slice(0, 2))[0])
+        one = model._run(idx, mask, blocks=slice(0, 1))[0]
+        three = model._run(None, mask, blocks=slice(1, None), x=one)[0]
         assert torch.equal(three, model.hidden(idx, mask))
-        assert torch.equal(truncate(model, 2).hidden(idx, mask), two)
+        assert torch.equal(model.truncate(2).hidden(idx, mask), two)
     assert len(model.blocks) == model.config.n_layer == 2
 
 
