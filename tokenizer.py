@@ -1,5 +1,7 @@
-"""GPT-2 and GPT-1 tokenizers built from a checkpoint's own BPE files (a local directory or the Hub via hub.hub_file).
-GPT-2 runs on tiktoken; GPT-1 is a short pure-Python BPE with a per-word cache. Token ids equal transformers'."""
+"""GPT-2 and GPT-1 tokenizers built from a checkpoint's own BPE files (a local directory or the Hub via hub.hub_file),
+and the Llama family's byte-level BPE (SmolLM2, Llama 3, Qwen2.5, Qwen3) from a tokenizer.json or a GGUF file's
+metadata. GPT-2 and the Llama family run on tiktoken; GPT-1 is a short pure-Python BPE with a per-word cache. Token ids
+equal transformers'; neither `tokenizers` nor `transformers` is imported."""
 import json
 import unicodedata
 from pathlib import Path
@@ -356,8 +358,9 @@ def _special_names(directory):
 
 
 def load_tokenizer(name_or_path, revision=None):
-    """GPT-2 or GPT-1 tokenizer from a local directory (either file-name convention) or a Hub model name/id;
-    "bytes" is the toy byte-level tokenizer (no files)."""
+    """GPT-2 or GPT-1 tokenizer from a local directory (either file-name convention) or a Hub model name/id; a
+    Llama-family BPETokenizer from a .gguf file or a directory with tokenizer.json (unless its config says GPT-2/GPT-1
+    and vocab + merges files are there); "bytes" is the toy byte-level tokenizer (no files)."""
     if str(name_or_path) == "bytes":
         return byte_tokenizer()
     local = Path(str(name_or_path)).expanduser()

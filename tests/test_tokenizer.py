@@ -161,3 +161,116 @@ def test_bad_inputs_raise_errors_naming_the_file(tmp_path):
     (d / "vocab.json").write_text(json.dumps({"a b": 0}))
     with pytest.raises(ValueError, match=r"vocab.json: characters \[' '\] are not in GPT-2's byte alphabet"):
         load_tokenizer(d)
+
+
+# ---- Llama-family byte-level BPE (SmolLM2, Llama 3, Qwen) from a GGUF file or a tokenizer.json
+
+# bytes SmolLM2's vocabulary lacks (\x04, and the lead byte 0xF1 of U+50000): transformers drops them and lets the
+# bytes either side merge ("..\x04.." is one token "....")
+MISSING_BYTE_CASES = ["a\x04b", "..\x04..", "hel\x04lo", "x\U00050000y", "\x04", "<|im_start|>\x04<|im_end|>"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_gguf, tmp_path_factory):
+    """(transformers' tokenizer for the real GGUF, a directory holding the tokenizer.json it saves)."""
+    from transformers import AutoTokenizer
+    reference = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    directory = tmp_path_factory.mktemp("smollm2-tokenizer")
+    reference.save_pretrained(directory)
+    return reference, directory
+
+
+def test_smollm2_gguf_ids_match_transformers_on_real_texts_and_decode_round_trips(shared_data, smollm2_gguf,
+                                                                                  smollm2_reference):
+    reference, directory = smollm2_reference
+    texts = real_texts(shared_data)
+    expected = reference(texts + MISSING_BYTE_CASES)["input_ids"]  # add_special_tokens as transformers defaults
+    assert expected[0] and sum(map(len, expected)) > 250_000
+    for tok in (load_tokenizer(smollm2_gguf), load_tokenizer(directory)):  # the GGUF's metadata, its tokenizer.json
+        t0 = time.time()
+        ids = tok.encode_batch(texts + MISSING_BYTE_CASES)
+        print(f"{tok.name}: {len(texts)} texts, {sum(map(len, ids))} tokens in {time.time() - t0:.2f}s")
+        mismatches = [t for t, a, b in zip(texts + MISSING_BYTE_CASES, ids, expected) if a != b]
+        assert not mismatches, f"{len(mismatches)} texts differ, first: {mismatches[0]!r}"
+        assert [tok.encode(t) for t in EDGE_CASES + MISSING_BYTE_CASES] == ids[-len(EDGE_CASES + MISSING_BYTE_CASES):]
+        assert [tok.decode(i) for i in ids[:len(texts)]] == texts
+        # SmolLM2-Instruct: no BOS added (add_bos_token false), eos = pad = <|im_end|>
+        assert (tok.vocab_size, tok.bos_token, tok.eot_token, tok.pad_token) == (49152, 1, 2, 2)
+        assert tok.encode("<|im_start|>user\nHi<|im_end|>") == [1, 4093, 198, 26843, 2]
+        assert tok.encode("..\x04..") == [5592] and tok.decode([5592]) == "...."
+
+
+def test_tokenizer_json_pre_tokenizers_normalizer_and_bos_match_tokenizers(shared_data, smollm2_reference, tmp_path):
+    """Each pre-tokenizer form Llama-family tokenizer.json files use (the Hub SmolLM2's Digits + ByteLevel, Llama 3's
+    Split regex + ByteLevel), Qwen's NFC normalizer and Llama 3's BOS template, against the tokenizers library."""
+    from tokenizers import Tokenizer
+    _, directory = smollm2_reference
+    spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
+    llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+    variants = {
+        "digits": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True}, byte_level | {"use_regex": True}]}},
+        "split": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": llama3}, "behavior": "Isolated", "invert": False},
+            byte_level | {"use_regex": False}]},
+            "normalizer": {"type": "NFC"},
+            "post_processor": {"type": "TemplateProcessing", "pair": [],
+                               "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                                          {"Sequence": {"id": "A", "type_id": 0}}],
+                               "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
+                                                                   "tokens": ["<|im_start|>"]}}}},
+    }
+    texts = real_texts(shared_data)[::4] + ["x  1 a  \n 22", "1 2  3   4\n\n5\t6 ", " 12ab 3.5 ٣٤ ² ", "e\u0301 cafe\u0301"]
+    for name, change in variants.items():
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(directory / "tokenizer_config.json", d)
+        (d / "tokenizer.json").write_text(json.dumps(spec | change), encoding="utf-8")
+        expected = [e.ids for e in Tokenizer.from_file(str(d / "tokenizer.json")).encode_batch(texts)]
+        ids = load_tokenizer(d).encode_batch(texts)
+        mismatches = [t for t, a, b in zip(texts, ids, expected) if a != b]
+        assert not mismatches, f"{name}: {len(mismatches)} texts differ, first: {mismatches[0]!r}"
+    tok = load_tokenizer(d)  # the template's BOS, and only it, is what add_special_tokens adds
+    assert all(i[0] == 1 for i in ids) and tok.encode("hi") == [1] + tok.encode("hi", add_special_tokens=False)
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁"}
+    (d / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=f"{d / 'tokenizer.json'}: pre_tokenizer .*Metaspace.* is not supported"):
+        load_tokenizer(d)
+    (d / "tokenizer.json").write_text("{", encoding="utf-8")
+    with pytest.raises(TokenizerError, match=f"{d / 'tokenizer.json'}: not a tokenizer.json"):
+        load_tokenizer(d)
+
+
+def write_gguf_vocab(path, pre, add_bos, kind="gpt2"):
+    """A tiny Llama GGUF holding only a vocabulary: 3 specials (2 control, 1 user-defined), 256 bytes, 8 merges."""
+    import numpy as np
+    import gguf
+    from tokenizer import bytes_to_unicode
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "1 2", "12 3"]
+    tokens = ["<|begin_of_text|>", "<|end_of_text|>", "<think>", *(bytes_to_unicode()[b] for b in range(256))]
+    tokens += [m.replace(" ", "") for m in merges]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1), w.add_embedding_length(32), w.add_feed_forward_length(64), w.add_head_count(2)
+    w.add_layer_norm_rms_eps(1e-5), w.add_context_length(64)
+    w.add_tokenizer_model(kind), w.add_tokenizer_pre(pre), w.add_token_list(tokens), w.add_token_merges(merges)
+    w.add_token_types([3, 3, 4] + [1] * (len(tokens) - 3))
+    w.add_bos_token_id(0), w.add_eos_token_id(1), w.add_add_bos_token(add_bos)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 32), np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return path
+
+
+def test_gguf_bos_pre_tokenizer_and_user_defined_tokens_match_transformers(tmp_path):
+    from transformers import AutoTokenizer
+    texts = ["the cat in the hat", "There 12345 <think>x</think> <|end_of_text|>", "", " the  \n\n the", "a1234b"]
+    for pre, add_bos in [("llama-bpe", True), ("qwen2", False), ("smollm", True)]:
+        path = write_gguf_vocab(tmp_path / f"{pre}.gguf", pre, add_bos)
+        reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+        tok = load_tokenizer(path)
+        assert tok.encode_batch(texts) == reference(texts)["input_ids"], pre
+        assert tok.encode(" the") == [0] * add_bos + [261] and tok.encode(" the", add_special_tokens=False) == [261]
+        assert (tok.bos_token, tok.eot_token, tok.pad_token) == (0, 1, 1)  # no pad id in the file: eos
+    with pytest.raises(TokenizerError, match=f"{tmp_path / 'sp.gguf'}: tokenizer type 'llama' is not supported"):
+        load_tokenizer(write_gguf_vocab(tmp_path / "sp.gguf", "default", True, kind="llama"))
