@@ -162,7 +162,7 @@ class BPETokenizer:
     across them: texts holding one take a slower path that does exactly that."""
 
     def __init__(self, name, vocab, merges, special, pattern, source, bos=None, eos=None, pad=None,
-                 prefix=(), suffix=(), nfc=False):
+                 prefix=(), suffix=(), nfc=False, vocab_size=None):
         from_latin1 = {c: b for b, c in bytes_to_unicode().items()}
         plain = {t: i for t, i in vocab.items() if t not in special}
         bad = next((t for t in plain if any(c not in from_latin1 for c in t)), None)
@@ -188,7 +188,7 @@ class BPETokenizer:
                 self.id_of[r] = special[t]
             self.rank_of_id = {i: r for r, i in enumerate(self.id_of) if i >= 0}
         self.name, self.source, self.nfc = name, str(source), nfc
-        self.vocab_size = max([*vocab.values(), *special.values()]) + 1
+        self.vocab_size = vocab_size or max([*vocab.values(), *special.values()]) + 1
         self.bos_token, self.eot_token = bos, eos
         self.pad_token = pad if pad is not None else eos if eos is not None else 0
         self.prefix, self.suffix = list(prefix), list(suffix)
@@ -229,8 +229,12 @@ class BPETokenizer:
                 start = m.end()
         return ranks
 
+    def _has_missing(self, text):
+        data = text.encode("utf-8", errors="surrogatepass")
+        return len(data.translate(None, self.missing)) != len(data)
+
     def _encode_ranks(self, text):
-        if self.missing and len(text.encode("utf-8").translate(None, self.missing)) != len(text.encode("utf-8")):
+        if self.missing and self._has_missing(text):
             return self._encode_dropping_missing(text)
         return self.enc.encode(text, allowed_special="all")
 
@@ -241,10 +245,9 @@ class BPETokenizer:
 
     def encode_batch(self, texts, add_special_tokens=True):
         texts = [unicodedata.normalize("NFC", t) if self.nfc else t for t in texts]
-        if self.missing:
-            out = [self._ids(self._encode_ranks(t)) for t in texts]
-        else:
-            out = [self._ids(r) for r in self.enc.encode_batch(texts, allowed_special="all")]
+        slow = {n for n, t in enumerate(texts) if self.missing and self._has_missing(t)}
+        fast = iter(self.enc.encode_batch([t for n, t in enumerate(texts) if n not in slow], allowed_special="all"))
+        out = [self._ids(self._encode_dropping_missing(t) if n in slow else next(fast)) for n, t in enumerate(texts)]
         return [self.prefix + ids + self.suffix for ids in out] if add_special_tokens else out
 
     def decode(self, ids):
@@ -273,7 +276,7 @@ def gguf_tokenizer(path):
     prefix = [ids["bos"]] if gguf_io.field(reader, "tokenizer.ggml.add_bos_token") and ids["bos"] is not None else []
     suffix = [ids["eos"]] if gguf_io.field(reader, "tokenizer.ggml.add_eos_token") and ids["eos"] is not None else []
     return BPETokenizer(str(path), vocab, merges, special, pattern, path, bos=ids["bos"], eos=ids["eos"],
-                        pad=ids["padding"], prefix=prefix, suffix=suffix)
+                        pad=ids["padding"], prefix=prefix, suffix=suffix, vocab_size=len(tokens))
 
 
 def _json_pattern(pre, source):

@@ -243,14 +243,16 @@ def test_tokenizer_json_pre_tokenizers_normalizer_and_bos_match_tokenizers(share
         load_tokenizer(d)
 
 
-def write_gguf_vocab(path, pre, add_bos, kind="gpt2"):
-    """A tiny Llama GGUF holding only a vocabulary: 3 specials (2 control, 1 user-defined), 256 bytes, 8 merges."""
+def write_gguf_vocab(path, pre, add_bos, kind="gpt2", shuffled=False):
+    """A tiny Llama GGUF holding only a vocabulary: 3 specials (2 control, 1 user-defined), 256 bytes, 8 merges;
+    shuffled: the merged tokens' ids not in merge order (tiktoken's ranks must then be mapped to ids)."""
     import numpy as np
     import gguf
     from tokenizer import bytes_to_unicode
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "1 2", "12 3"]
     tokens = ["<|begin_of_text|>", "<|end_of_text|>", "<think>", *(bytes_to_unicode()[b] for b in range(256))]
-    tokens += [m.replace(" ", "") for m in merges]
+    merged = [m.replace(" ", "") for m in merges]
+    tokens += [merged[i] for i in (3, 0, 7, 1, 6, 2, 5, 4)] if shuffled else merged
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(1), w.add_embedding_length(32), w.add_feed_forward_length(64), w.add_head_count(2)
     w.add_layer_norm_rms_eps(1e-5), w.add_context_length(64)
@@ -260,6 +262,11 @@ def write_gguf_vocab(path, pre, add_bos, kind="gpt2"):
     w.add_tensor("token_embd.weight", np.zeros((len(tokens), 32), np.float32))
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     return path
+
+
+def tokens_of(path):
+    import gguf
+    return gguf.GGUFReader(path).fields["tokenizer.ggml.tokens"].contents()
 
 
 def test_gguf_bos_pre_tokenizer_and_user_defined_tokens_match_transformers(tmp_path):
@@ -272,5 +279,10 @@ def test_gguf_bos_pre_tokenizer_and_user_defined_tokens_match_transformers(tmp_p
         assert tok.encode_batch(texts) == reference(texts)["input_ids"], pre
         assert tok.encode(" the") == [0] * add_bos + [261] and tok.encode(" the", add_special_tokens=False) == [261]
         assert (tok.bos_token, tok.eot_token, tok.pad_token) == (0, 1, 1)  # no pad id in the file: eos
+    path = write_gguf_vocab(tmp_path / "shuffled.gguf", "llama-bpe", False, shuffled=True)
+    tok, reference = load_tokenizer(path), AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    ids = tok.encode_batch(texts)
+    assert not tok.identity and ids == reference(texts)["input_ids"] and [tok.decode(i) for i in ids] == texts
+    assert tok.encode(" the") == [tokens_of(path).index("Ġthe")]
     with pytest.raises(TokenizerError, match=f"{tmp_path / 'sp.gguf'}: tokenizer type 'llama' is not supported"):
         load_tokenizer(write_gguf_vocab(tmp_path / "sp.gguf", "default", True, kind="llama"))
