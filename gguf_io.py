@@ -148,9 +148,9 @@ def hf_config(reader, path):
     # stored as float32, where config.json's 1e-5 reads 9.99999975e-06: 7 significant digits give back the decimal
     config["rms_norm_eps"] = float(f"{config['rms_norm_eps']:.7g}")
     names = {t.name for t in reader.tensors}
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight") if "token_embd.weight" in names else None
-    config.setdefault("vocab_size", len(tokens.data) if tokens is not None else int(embd.shape[1]) if embd else None)
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embd is not None:  # older files have no {arch}.vocab_size: the embedding's rows are the model's vocabulary
+        config.setdefault("vocab_size", int(embd.shape[1]))
     config["tie_word_embeddings"] = "output.weight" not in names
     for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
         value = field(reader, f"tokenizer.ggml.{key}_token_id")
