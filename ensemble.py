@@ -10,7 +10,7 @@ import rundir
 from cli import UserError
 from eval import metrics
 from generation import supervisor_predictions
-from model import GPT
+import checkpoints
 
 
 def vote(member_probs, how):
@@ -30,7 +30,7 @@ def vote(member_probs, how):
 def vote_continuations(cfg, task, out, members, tok, rt):
     """Generation: the members decode together, token by token (generation.py): soft = their mean next-token
     probabilities, hard = the token most of them pick. Written to out/hard and out/soft."""
-    models = [GPT.from_pretrained(rundir.verified(d, "ckpt/model.safetensors").parent).to(rt.device) for d in members]
+    models = [checkpoints.load(rundir.verified(d, "ckpt/config.json").parent).to(rt.device) for d in members]
     max_len = min([cfg.max_length] + [m.config.block_size for m in models])
     written = []
     for how in ("hard", "soft"):

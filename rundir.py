@@ -50,24 +50,34 @@ def sha256_json(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(spec, tokenizer=None):
+def model_identity(spec, tokenizer=None, depth=None):
     """What a model is, independent of where it lies: a Hub name by repository and commit, a local directory by the
-    sha256 of its files (weights, config, tokenizer), a random-init shape by its spec and its tokenizer (a directory
-    by its files' sha256). A checkpoint whose config or weights cannot be read is refused here
-    (model.check_checkpoint), before a run makes its directory."""
-    import model
+    sha256 of its files (weights, config, tokenizer), a GGUF file by its name and sha256, a random-init shape by its
+    spec and its tokenizer (a directory or file by sha256), and the depth it is cut to. A checkpoint whose config or
+    weights cannot be read is refused here (checkpoints.check), before a run makes its directory."""
+    import checkpoints
     spec = str(spec)
     if spec.startswith("random:"):
         tokenizer = "" if tokenizer in (None, "bytes") else str(tokenizer)  # the byte tokenizer goes with the shape
         if tokenizer and Path(tokenizer).expanduser().is_dir():
             tokenizer = {"sha256": files_sha256(Path(tokenizer).expanduser())}
-        return {"random": spec, "tokenizer": tokenizer} if tokenizer else {"random": spec}
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        model.check_checkpoint(local)
-        return {"sha256": files_sha256(local)}
-    config_file, _ = model.check_checkpoint(spec)  # a Hub name: its snapshot directory is named after the commit
-    return {"hub": model.hub_repo(spec), "revision": Path(config_file).parent.name}
+        elif tokenizer and Path(tokenizer).expanduser().is_file():
+            tokenizer = {"sha256": sha256_file(Path(tokenizer).expanduser())}
+        identity = {"random": spec, "tokenizer": tokenizer} if tokenizer else {"random": spec}
+    elif spec.lower().endswith(".gguf") and Path(spec).expanduser().is_file():
+        checkpoints.check(spec)
+        identity = {"gguf": Path(spec).name, "sha256": sha256_file(Path(spec).expanduser())}
+    elif Path(spec).expanduser().is_dir():
+        checkpoints.check(Path(spec).expanduser())
+        identity = {"sha256": files_sha256(Path(spec).expanduser())}
+    else:
+        checkpoints.check(spec)
+        config_file = checkpoints.config_file(spec)  # a Hub name: its snapshot directory is named after the commit
+        identity = {"hub": checkpoints.hub_repo(spec), "revision": Path(config_file).parent.name}
+    if depth is not None:
+        checkpoints.check_depth(spec, spec, depth)
+        identity["depth"] = depth
+    return identity
 
 
 def files_sha256(directory):

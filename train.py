@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoints
 import cli
 import ensemble
 import labels
@@ -40,7 +41,6 @@ from data import TASKS, load_task
 from eval import metrics
 from generation import generate_split, supervisor_predictions
 from losses import LOSSES, aux_coef, logconf_threshold, xent_loss
-from model import GPT
 from students import gold_targets, member_paths, selective_targets, supervisor_path, supervisor_targets
 from tokenizer import load_tokenizer
 
@@ -216,25 +216,6 @@ def default_out(cfg):
 # ----------------------------------------------------------------------------------------------------------------
 # models and data
 
-def resolve_model(spec, data_dir, quiet=False):
-    """(model source, tokenizer source) of a model spec: a Hub name or local directory (both from the same place),
-    toy-<size> (the offline demo's pretrained GPTs, from their cache), or random:<shape>[:TOKENIZER_DIR], a random-init
-    GPT of that shape for smoke runs and timing without weights (random:gpt2-medium, random:2x64)."""
-    if spec.startswith("toy-"):
-        from data import toy
-        path = toy.pretrained_model(spec, quiet=quiet)
-        return path, path
-    if spec.startswith("random:"):
-        import model as model_py
-        shape, _, tokenizer_dir = spec[len("random:"):].partition(":")
-        family = model_py.random_shape_family(shape)
-        if family == "bytes":
-            return spec, "bytes"
-        local = Path(data_dir) / "tokenizers" / family if data_dir else None
-        return f"random:{shape}", tokenizer_dir or (str(local) if local and local.is_dir() else family)
-    return spec, spec
-
-
 @functools.lru_cache(maxsize=8)
 def cached_task(name, data_dir, seed, limit):
     """Every stage of an experiment reads the same data: load (and warn about) it once per process."""
@@ -256,6 +237,7 @@ class Job:
     val_targets: list
     inputs: dict      # what the run is trained on, by content: recorded in metrics.json, compared on rerun
     supervisor: str = ""
+    depth: int | None = None  # model@DEPTH: the first DEPTH blocks of the model (checkpoints.py)
 
 
 def check_for_task(cfg, task):
@@ -280,8 +262,9 @@ def prepare(cfg):
     check_for_task(cfg, task)
     generation = task.kind == "generation"
     spec = cfg.model or DEFAULT_MODELS[task.kind]["strong" if cfg.role != "weak" else "weak"]
-    model_source, tok_source = resolve_model(spec, cfg.data_dir, cfg.quiet)
-    model_identity = rundir.model_identity(model_source, tok_source)  # a bad checkpoint is named before its tokenizer
+    model_source, tok_source, depth = checkpoints.resolve(spec, cfg.data_dir, cfg.quiet)
+    # a bad checkpoint is named before its tokenizer
+    model_identity = rundir.model_identity(model_source, tok_source, depth)
     tok = load_tokenizer(tok_source)
     n_classes = 0 if generation else len(task.label_names)
     train_rows = list(task.splits["weak_train" if cfg.role == "weak" else "w2s_train"])
@@ -325,7 +308,7 @@ def prepare(cfg):
         train_x = [ids[:cfg.max_length] for ids in tok.encode_batch([r["text"] for r in train_rows])]
         val_x = [ids[:cfg.max_length] for ids in tok.encode_batch([r["text"] for r in val_rows])]
     return Job(task, tok, model_source, generation, n_classes, train_rows, train_x, train_targets, val_x, val_targets,
-               inputs, str(supervisor))
+               inputs, str(supervisor), depth)
 
 
 def run_seed(cfg):
@@ -446,7 +429,7 @@ def run_one(cfg, force=False):
 
 def train_and_save(cfg, job, rt, out):
     torch.manual_seed(run_seed(cfg))
-    model = GPT.from_pretrained(job.model_source, n_classes=job.n_classes)
+    model = checkpoints.load(job.model_source, job.n_classes, job.depth)
     max_len = min(cfg.max_length, model.config.block_size)
     if max_len < cfg.max_length:  # the model's context is shorter than --max-length: cut rows to it
         cut = (lambda x: (x[0][:max_len], x[1])) if job.generation else (lambda x: x[:max_len])
@@ -675,7 +658,7 @@ def finish(cfg, job, rt, model, stats, out, max_len, t0):
     written = ["config.json", "predictions.json"]
     if cfg.contrastive:  # ConG: this model (post) against itself before fine-tuning (pre), rebuilt from the same seed
         torch.manual_seed(run_seed(cfg))
-        pre = GPT.from_pretrained(job.model_source).to(rt.device)
+        pre = checkpoints.load(job.model_source, depth=job.depth).to(rt.device)
         (out / "contrastive").mkdir(exist_ok=True)
         rundir.write_json(out / "contrastive" / "predictions.json", supervisor_predictions(
             [model, pre], "contrastive", job.tok, job.task, rt.device, rt.autocast, cfg, max_len))
@@ -760,7 +743,8 @@ def run_ensemble(cfg):
                                                 "comparable": comparable(cfg), "inputs": inputs})
         if generation:  # the members decode together: they need the tokenizer and a device
             rt = setup_runtime(cfg)
-            _, tok_source = resolve_model(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir, cfg.quiet)
+            _, tok_source, _ = checkpoints.resolve(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir,
+                                                   cfg.quiet)
             results, written = ensemble.vote_continuations(cfg, task, out, members, load_tokenizer(tok_source), rt)
         else:
             results, written = ensemble.vote_probabilities(out, members)

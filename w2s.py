@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import checkpoints
 import cli
 import eval as w2s_eval
 import rundir
@@ -410,8 +411,8 @@ def experiment_models(cfg, base, kind):
 
 
 def model_record(spec, data_dir, quiet):
-    source, tokenizer = train.resolve_model(spec, data_dir, quiet)
-    identity = rundir.model_identity(source, tokenizer)  # refuses an unreadable checkpoint before OUT is made
+    source, tokenizer, depth = checkpoints.resolve(spec, data_dir, quiet)
+    identity = rundir.model_identity(source, tokenizer, depth)  # refuses an unreadable checkpoint before OUT is made
     train.load_tokenizer(tokenizer)  # and its tokenizer
     return {"spec": spec, "identity": identity}
 

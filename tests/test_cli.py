@@ -88,7 +88,7 @@ def test_abbreviated_flags_are_rejected(script):
 
 def test_random_shape_specs_build_the_shapes_parameter_count(shared_data):
     from model import GPT, SHAPES
-    import train
+    import checkpoints
     for spec, expected in [("random:gpt2", 124_439_808), ("random:2x64", None)]:
         model = GPT.from_pretrained(spec, n_classes=2) if expected is None else None
         if expected is None:
@@ -103,16 +103,16 @@ def test_random_shape_specs_build_the_shapes_parameter_count(shared_data):
             with torch.device("meta"):
                 assert GPT.from_pretrained(spec).num_params() == expected
     assert set(SHAPES) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt"}
-    source, tokenizer = train.resolve_model("random:gpt2-medium", str(shared_data))
+    source, tokenizer, _ = checkpoints.resolve("random:gpt2-medium", str(shared_data))
     assert source == "random:gpt2-medium" and tokenizer.endswith("tokenizers/gpt2")
-    assert train.resolve_model("random:gpt2-medium:/some/tokenizer", None) == ("random:gpt2-medium", "/some/tokenizer")
-    assert train.resolve_model("random:3x96", None) == ("random:3x96", "bytes")
+    assert checkpoints.resolve("random:gpt2-medium:/some/tokenizer", None) == ("random:gpt2-medium", "/some/tokenizer", None)
+    assert checkpoints.resolve("random:3x96", None) == ("random:3x96", "bytes", None)
     # a width that 32-channel heads do not divide gets as many heads as divide it; a zero size is refused
     assert (GPT.from_pretrained("random:1x100").config.n_head, GPT.from_pretrained("random:1x16").config.n_head) == (2, 1)
     from model import CheckpointError
     for bad in ("random:0x16", "random:1x0", "random:2x"):
         with pytest.raises(CheckpointError, match="unknown random model shape"):
-            train.resolve_model(bad, None)
+            checkpoints.resolve(bad, None)
 
 
 @pytest.mark.slow
