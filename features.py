@@ -241,3 +241,31 @@ class _Truncated:
 
     def _run(self, *args, **kwargs):
         return self.model._run(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a run on the top
+
+PREDICTED = ("test", "val", "w2s_train")  # the splits a classification run predicts (train.py's finish)
+
+
+def train_on_top(cfg, job, rt, model, max_len):
+    """--train-layers K for one run: the whole pretrained `model` fills the store for every text the run will see
+    (its training rows, val, and the splits it predicts), is cut to its depth, and the TopBlocks that train are
+    returned. The job's rows become Features (job.features[split] for prediction), unless --recompute-bottom keeps
+    token rows and runs the bottom at every step."""
+    k, depth = int(cfg.train_layers), job.depth or model.config.n_layer
+    if k > depth:
+        raise cli.UserError(f"argument --train-layers: {k} is more than the {depth} blocks the model has")
+    if not cfg.recompute_bottom:
+        identity = {key: v for key, v in job.inputs["model"].items() if key != "depth"}  # the whole model's
+        texts = {split: [ids[:max_len] for ids in job.tok.encode_batch([r["text"] for r in job.task.splits[split]])]
+                 for split in PREDICTED}
+        everything = job.train_x + job.val_x + [s for split in PREDICTED for s in texts[split]]
+        rows = iter(cached_features(model, everything, k, depth, identity, job.inputs["numerics"], rt,
+                                    quiet=cfg.quiet or not rt.master))
+        job.train_x = [next(rows) for _ in job.train_x]
+        job.val_x = [next(rows) for _ in job.val_x]
+        job.features = {split: [next(rows) for _ in texts[split]] for split in PREDICTED}
+    model.truncate(depth)
+    return TopBlocks(model, k, bottom_every_step=cfg.recompute_bottom)  # `model` is on rt.device already
