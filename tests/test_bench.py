@@ -77,11 +77,12 @@ def test_quick_suite_runs_every_section_with_finite_numbers_and_equal_computatio
         res = bench.main(["--suite", "--quick", "--json", "--threads", "1", "--data-dir", str(shared_data)])
     finally:
         torch.set_num_threads(n)
-    assert list(res["sections"]) == list(bench.SECTIONS)
+    gpt2 = bench.FAMILIES["gpt2"]  # --suite runs every section of --family, gpt2 by default
+    assert list(res["sections"]) == gpt2
     rows = res["rows"]
-    assert {r["section"] for r in rows} == set(bench.SECTIONS) and not [r for r in rows if r["kind"] == "skipped"]
+    assert {r["section"] for r in rows} == set(gpt2) and not [r for r in rows if r["kind"] == "skipped"]
     timings = [r for r in rows if r["kind"] == "timing"]
-    assert len(timings) >= len(bench.SECTIONS)
+    assert len(timings) >= len(gpt2)
     for r in timings:
         for key in ("ours", "ref", "speedup"):
             s = r[key]
@@ -133,3 +134,51 @@ def test_recipe_trainer_and_our_path_train_on_identical_rows(shared_data, tmp_pa
     assert (a.per_device_train_batch_size, a.learning_rate, a.weight_decay, a.fp16) == (cfg["batch_size"], 5e-5, 0.1,
                                                                                         False)
     assert all(g["weight_decay"] == 0.1 for g in r.trainer.optimizer.param_groups)
+
+
+def run_llama_family(data_dir):
+    n = torch.get_num_threads()
+    try:
+        return bench.main(["--family", "llama", "--quick", "--json", "--threads", "1", "--data-dir", str(data_dir)])
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_llama_family_rows_run_on_tiny_shapes_and_both_sides_compute_the_same(shared_data, smollm2_gguf):
+    # smollm2_gguf: the trunk's rows are tokenized with the SmolLM2 GGUF's tokenizer (skipped where it cannot be had)
+    res = run_llama_family(shared_data)
+    assert list(res["sections"]) == bench.FAMILIES["llama"] == ["llama-train", "llama-generate", "trunk"]
+    rows = res["rows"]
+    assert not [r for r in rows if r["kind"] == "skipped"]
+    checks = {r["section"]: r for r in rows if r["kind"] == "check"}
+    assert set(checks) == set(bench.FAMILIES["llama"]) and all(r["ok"] for r in checks.values()), checks
+    assert checks["llama-generate"]["value"] == 1.0 and checks["trunk"]["value"] <= 1e-5 and res["checks_ok"]
+    timings = [r for r in rows if r["kind"] == "timing"]
+    assert [r["section"] for r in timings].count("trunk") == 8  # 2 precisions x 3 rows, and 2 bf16-vs-fp32 rows
+    for r in timings:
+        for key in ("ours", "ref", "speedup"):
+            s = r[key]
+            assert len(s["rounds"]) == 3 and all(math.isfinite(v) and v > 0 for v in s["rounds"]), (r["measure"], key)
+    # the trunk's tokens are the real rows' SmolLM2 tokens: 8 w2s_train texts, truncated to --quick's 32
+    trunk = next(r for r in timings if r["section"] == "trunk")
+    assert "8 safety rows" in trunk["measure"] and "random:smollm2-135m@2" in trunk["measure"]
+    bf16 = next(r for r in rows if r["section"] == "trunk" and r["kind"] == "value")
+    assert 0 < bf16["ours"] < 0.1 and 0 < bf16["ref"] < 0.1  # bf16 moves the features, but not far
+
+
+def test_a_perturbed_reference_weight_fails_every_llama_parity_check(shared_data, smollm2_gguf, monkeypatch, capsys):
+    def perturbed(model):  # transformers' side only: its final norm's weight scaled by random factors
+        with torch.no_grad():
+            norm = model.model.norm if hasattr(model, "model") else model.norm
+            norm.weight.mul_(1 + torch.rand(norm.weight.shape, generator=torch.Generator().manual_seed(0)))
+        return model
+    pair, reference = bench.llama_pair, bench.trunk_reference
+    monkeypatch.setattr(bench, "llama_pair", lambda *a, **k: (lambda o, h: (o, perturbed(h)))(*pair(*a, **k)))
+    monkeypatch.setattr(bench, "trunk_reference", lambda ctx, ours: perturbed(reference(ctx, ours)))
+    res = run_llama_family(shared_data)
+    checks = {r["section"]: r for r in res["rows"] if r["kind"] == "check"}
+    assert set(checks) == set(bench.FAMILIES["llama"]) and not any(r["ok"] for r in checks.values()), checks
+    assert not res["checks_ok"]  # bench.py exits 1: its timings compare different computations
+    bench.print_suite(res)
+    out = capsys.readouterr().out
+    assert out.count("CHECK FAILED") == 4  # the three rows and the closing line
