@@ -104,7 +104,13 @@ def check_config(cfg):
         bad("weak_labels", "is read only with --shot-labels weak")
     if cfg.shot_labels == "weak" and cfg.shots == 0:
         bad("shot_labels", "weak labels go into the shots: give --shots K > 0")
-    train.check_config(train.TrainConfig(device=cfg.device))  # --device: the same check and message as train.py's
+    if cfg.device != "auto":
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            bad("device", "not a device: use auto, cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            bad("device", "CUDA is not available here: use --device cpu, or auto")
 
 
 def default_out(cfg):

@@ -158,6 +158,8 @@ def guarded(argv, capsys):
     (["--shot-labels", "weak"], "error: argument --shot-labels: weak labels go into the shots"),
     (["--weak-labels", "w.json"], "error: argument --weak-labels: is read only with --shot-labels weak"),
     (["--shots", "2", "--shot-labels", "weak"], "error: weak labels not found"),
+    (["--device", "gpu0"], "error: argument --device: not a device"),
+    (["--max-length", "8"], "error: argument --max-length: 8 tokens leave no room"),
 ])
 def test_bad_values_give_one_line(shared_data, tiny, tmp_path, capsys, args, says):
     code, err = guarded(COMMON + ["--data-dir", str(shared_data), "--model", tiny, "--out", str(tmp_path / "p"), *args],
