@@ -49,11 +49,12 @@ import numpy as np
 import torch
 
 import cli
-import train
+from batching import bucketed_batches, collate
 from cli import UserError
 from data import load_task
 from losses import xent_loss
 from model import GPT, GPTConfig
+from predict import Classifier
 from tokenizer import load_tokenizer
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -279,7 +280,7 @@ def step_memory(shape, batch_size, seq_len, grad_checkpoint, dtype, device, fake
     with (FakeTensorMode() if fake else contextlib.nullcontext()), torch.device(device), \
             (AssumeValid() if fake else contextlib.nullcontext()):
         model = GPT(GPTConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
-        step = trainer(train.Classifier(model), model, autocast)
+        step = trainer(Classifier(model), model, autocast)
         idx = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
         mask = torch.ones_like(idx)
         mask[0, seq_len // 2:] = 0  # one padded row, so the mask is passed, as in train.py's bucketed batches
@@ -394,7 +395,7 @@ def section_train(ctx):
     rows = [classify_parity(S, ours, hf)]
     ours.train()
     hf.train()
-    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+    step = {"ours": trainer(ctx.compiled(Classifier(ours)), ours, ctx.autocast),
             "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
                            ctx.autocast)}
     B, T, n = c["batch_size"], c["seq_len"], c["steps"]
@@ -469,15 +470,15 @@ def section_epoch(ctx):
     seqs, B, L = data["seqs"], c["batch_size"], c["max_length"]
     lengths = [len(s) for s in seqs]
     order = np.random.default_rng(0).permutation(len(seqs))
-    plans = {"bucketed": train.bucketed_batches(lengths, B, seed=0, epoch=0),
+    plans = {"bucketed": bucketed_batches(lengths, B, seed=0, epoch=0),
              "padded": [order[i:i + B] for i in range(0, len(seqs), B)]}
     ours, hf = ctx.ours(c["shape"]).train(), ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"]).train()
-    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+    step = {"ours": trainer(ctx.compiled(Classifier(ours)), ours, ctx.autocast),
             "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
                            ctx.autocast)}
 
     def batch(b, plan):
-        idx, mask = train.collate([seqs[i] for i in b], data["pad"], dev)
+        idx, mask = collate([seqs[i] for i in b], data["pad"], dev)
         if plan == "padded":
             idx, mask = pad_to(idx, mask, L, data["pad"])
         return idx, mask, torch.tensor(np.stack([data["targets"][i] for i in b]), dtype=torch.float32, device=dev)
@@ -527,12 +528,12 @@ class Recipe:
         c, data = ctx.cfg, ctx.safety
         self.ctx, self.device, self.data = ctx, ctx.device, data
         self.B, self.L, self.pad = c["batch_size"], c["max_length"], data["pad"]
-        batches = train.bucketed_batches([len(s) for s in data["seqs"]], self.B, seed=0, epoch=0)
+        batches = bucketed_batches([len(s) for s in data["seqs"]], self.B, seed=0, epoch=0)
         # the one short batch goes last, so that the Trainer's consecutive batches of B over the same order are ours
         self.batches = [b.tolist() for b in sorted(batches, key=lambda b: len(b) < self.B)]
         self.order = [i for b in self.batches for i in b]
         self.ours_model = ctx.ours(c["shape"])
-        self.ours_forward = ctx.compiled(train.Classifier(self.ours_model))
+        self.ours_forward = ctx.compiled(Classifier(self.ours_model))
         self.hf_model = ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"], attn_implementation=None)
         self.init = {"ours": {k: v.clone() for k, v in self.ours_model.state_dict().items()},
                      "ref": {k: v.clone() for k, v in self.hf_model.state_dict().items()}}
@@ -583,7 +584,7 @@ class Recipe:
         d, dev = self.data, self.device
         batches = self.batches if batches is None else batches
         for step, b in enumerate(batches, 1):
-            idx, mask = train.collate([d["seqs"][i] for i in b], self.pad, dev)
+            idx, mask = collate([d["seqs"][i] for i in b], self.pad, dev)
             y = torch.tensor(np.stack([d["targets"][i] for i in b]), dtype=torch.float32, device=dev)
             with self.ctx.autocast:
                 logits = self.ours_forward(idx, mask)
@@ -642,7 +643,7 @@ def section_recipe(ctx):
 
 def rtp_prompts(ctx, n):
     """The first n test prompts of the toxicity task (RealToxicityPrompts rows under --data-dir), GPT-2 tokenized as
-    train.generate_split does, or n random prompts of 5-30 tokens without the data. Returns (token lists, source)."""
+    generation.generate_split does, or n random prompts of 5-30 tokens without the data. Returns (token lists, source)."""
     d = Path(ctx.args.data_dir)
     if (d / "toxicity").is_dir():
         with warnings.catch_warnings():
@@ -669,7 +670,7 @@ def section_rtp(ctx):
     hf.generation_config.eos_token_id = None  # neither side stops early: every sample gets 20 new tokens
     batches = []
     for i in range(0, P, PB):
-        idx, mask = train.collate(prompts[i:i + PB], PAD, dev, left_pad=True)
+        idx, mask = collate(prompts[i:i + PB], PAD, dev, left_pad=True)
         batches.append((idx, torch.ones_like(idx) if mask is None else mask))
     gen = torch.Generator(dev).manual_seed(0)
 

@@ -8,7 +8,7 @@ import numpy as np
 import cli
 import rundir
 from cli import UserError
-from eval import metrics
+from metrics import metrics
 from generation import supervisor_predictions
 from model import GPT
 

@@ -39,12 +39,16 @@ from pathlib import Path
 from typing import Literal
 
 import cli
+import config
 import eval as w2s_eval
+import job
 import rundir
+import runtime
 import train
 from cli import UserError
 from data import TASKS
 from data import common as data_common
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
@@ -100,7 +104,7 @@ class W2SConfig:
 @dataclass
 class Stage:
     path: str                   # the stage's directory, relative to OUT (e.g. seed0/student_naive)
-    cfg: train.TrainConfig
+    cfg: config.TrainConfig
     needs: list                 # paths of the stages whose outputs it reads
     scored: list = field(default_factory=list)  # generation: its runs whose test continuations get scores.json
 
@@ -118,7 +122,7 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
     seed_dir = f"seed{seed}"
     students = student_names(cfg, kind)
     knobs = dataclasses.asdict(base)
-    base = dataclasses.replace(base, seed=seed, **{k: getattr(train.TrainConfig, k) for k in KNOBS})
+    base = dataclasses.replace(base, seed=seed, **{k: getattr(config.TrainConfig, k) for k in KNOBS})
     ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
     sweep = bool(cfg.sizes)
     label = {m: model_label(m) for m in list(models) + list(chain)}
@@ -222,9 +226,9 @@ def student_names(cfg, kind):
 
 def describe(cfg, base, task, models):
     """What results.md's header says the numbers come from."""
-    defaults = train.TrainConfig()
+    defaults = config.TrainConfig()
     settings = {k: v for k, v in dataclasses.asdict(base).items()
-                if k not in PER_STAGE + train.NOT_COMPARED and v != getattr(defaults, k)}
+                if k not in PER_STAGE + config.NOT_COMPARED and v != getattr(defaults, k)}
     return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
             "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
             "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students}}
@@ -232,11 +236,11 @@ def describe(cfg, base, task, models):
 
 def experiment_record(cfg, base, task, scorer_name, models):
     """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
-    settings = {k: v for k, v in train.comparable(base).items() if k not in PER_STAGE}
+    settings = {k: v for k, v in config.comparable(base).items() if k not in PER_STAGE}
     students = student_names(cfg, task.kind)
     if "genft" in students:  # the one w2s.py flag that changes a stage's numbers
         settings["genft_epochs"] = cfg.genft_epochs
-    settings["numerics"] = train.numerics(base)
+    settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
             "train": settings, "students": students, "ensemble": cfg.ensemble, "scorer": scorer_name}
@@ -357,20 +361,20 @@ def _worker_start(slots, threads, shown):
 def parse_args(argv=None):
     parser = cli.new_parser(__doc__)
     cli.add_config_flags(parser, W2SConfig, title="experiment")
-    cli.add_config_flags(parser, train.TrainConfig, skip=PER_STAGE,
+    cli.add_config_flags(parser, config.TrainConfig, skip=PER_STAGE,
                          title="training (train.py flags, applied to every stage)")
     task = parser.parse_known_args(argv)[0].task
-    parser.set_defaults(**train.task_defaults(task))  # flags given on the command line still win
+    parser.set_defaults(**config.task_defaults(task))  # flags given on the command line still win
     args = vars(parser.parse_args(argv))
     cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig)})
-    base = train.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
+    base = config.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
     for flag, ok, why in [("ensemble", cfg.ensemble >= 0, "must be >= 0"), ("jobs", cfg.jobs >= 1, "must be at least 1"),
                           ("n_boot", cfg.n_boot >= 1, "must be at least 1"),
                           ("seeds", len(set(cfg.seeds)) == len(cfg.seeds) and min(cfg.seeds) >= 0,
                            "must be distinct and >= 0")]:
         if not ok:
             raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
-    train.check_config(base)
+    config.check_config(base)
     return cfg, base
 
 
@@ -385,7 +389,7 @@ def main(argv=None):
 def default_models(task_name, kind):
     """The task's own default pair (the toy demo's pretrained GPTs) or the paper's."""
     own = getattr(__import__(TASKS[task_name], fromlist=["_"]), "DEFAULT_MODELS", None)
-    return own or {"weak": train.DEFAULT_MODELS[kind]["weak"], "strong": train.DEFAULT_MODELS[kind]["strong"]}
+    return own or {"weak": config.DEFAULT_MODELS[kind]["weak"], "strong": config.DEFAULT_MODELS[kind]["strong"]}
 
 
 def experiment_models(cfg, base, kind):
@@ -410,16 +414,16 @@ def experiment_models(cfg, base, kind):
 
 
 def model_record(spec, data_dir, quiet):
-    source, tokenizer = train.resolve_model(spec, data_dir, quiet)
+    source, tokenizer = job.resolve_model(spec, data_dir, quiet)
     identity = rundir.model_identity(source, tokenizer)  # refuses an unreadable checkpoint before OUT is made
-    train.load_tokenizer(tokenizer)  # and its tokenizer
+    load_tokenizer(tokenizer)  # and its tokenizer
     return {"spec": spec, "identity": identity}
 
 
 def run_experiment(cfg, base, out):
     # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
-    task = train.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
-    train.check_for_task(base, task)
+    task = job.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
+    config.check_for_task(base, task)
     kind = task.kind
     specs, chain = experiment_models(cfg, base, kind)
     roles = [model_label(spec) for spec in specs] if cfg.sizes else ["weak", "strong"]  # --weak X --strong X: both

@@ -51,14 +51,14 @@ def test_help_describes_every_flag_with_its_default(script):
 def test_each_flags_help_is_its_own_field_comment_never_a_group_heading():
     import inspect
     import cli
-    import train
+    import config
     import w2s
-    for cls in (train.TrainConfig, w2s.W2SConfig):
+    for cls in (config.TrainConfig, w2s.W2SConfig):
         headings = [line.strip()[len("# ----"):].strip() for line in inspect.getsource(cls).splitlines()
                     if line.strip().startswith("# ----")]
         comments = cli.field_comments(cls)
         assert all(not text.endswith(h) for text in comments.values() for h in headings), comments
-    comments = cli.field_comments(train.TrainConfig)
+    comments = cli.field_comments(config.TrainConfig)
     assert comments["quiet"] == "plain log lines instead of progress bars"
     assert comments["max_steps"] == "> 0: stop after this many optimizer steps (smoke tests, benchmarks)"
     assert comments["threads"].endswith("a busy machine slows many threads down far more (the toy task sets 1)")
@@ -87,8 +87,8 @@ def test_abbreviated_flags_are_rejected(script):
 
 
 def test_random_shape_specs_build_the_shapes_parameter_count(shared_data):
+    import job
     from model import GPT, SHAPES
-    import train
     for spec, expected in [("random:gpt2", 124_439_808), ("random:2x64", None)]:
         model = GPT.from_pretrained(spec, n_classes=2) if expected is None else None
         if expected is None:
@@ -103,16 +103,16 @@ def test_random_shape_specs_build_the_shapes_parameter_count(shared_data):
             with torch.device("meta"):
                 assert GPT.from_pretrained(spec).num_params() == expected
     assert set(SHAPES) == {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt"}
-    source, tokenizer = train.resolve_model("random:gpt2-medium", str(shared_data))
+    source, tokenizer = job.resolve_model("random:gpt2-medium", str(shared_data))
     assert source == "random:gpt2-medium" and tokenizer.endswith("tokenizers/gpt2")
-    assert train.resolve_model("random:gpt2-medium:/some/tokenizer", None) == ("random:gpt2-medium", "/some/tokenizer")
-    assert train.resolve_model("random:3x96", None) == ("random:3x96", "bytes")
+    assert job.resolve_model("random:gpt2-medium:/some/tokenizer", None) == ("random:gpt2-medium", "/some/tokenizer")
+    assert job.resolve_model("random:3x96", None) == ("random:3x96", "bytes")
     # a width that 32-channel heads do not divide gets as many heads as divide it; a zero size is refused
     assert (GPT.from_pretrained("random:1x100").config.n_head, GPT.from_pretrained("random:1x16").config.n_head) == (2, 1)
     from model import CheckpointError
     for bad in ("random:0x16", "random:1x0", "random:2x"):
         with pytest.raises(CheckpointError, match="unknown random model shape"):
-            train.resolve_model(bad, None)
+            job.resolve_model(bad, None)
 
 
 @pytest.mark.slow
