@@ -51,9 +51,11 @@ import torch
 import cli
 from batching import bucketed_batches, collate
 from cli import UserError
+from config import TrainConfig
 from data import load_task
 from losses import xent_loss
 from model import GPT, GPTConfig
+from optim import make_optimizer, optimizer_step
 from predict import Classifier
 from tokenizer import load_tokenizer
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -190,26 +192,16 @@ def exact_fp32():
 # ----------------------------------------------------------------------------------------------------------------
 # pieces shared by the sections and by --memory
 
-def make_optimizer(model, lr=1e-5, weight_decay=0.01):
-    # train.py's optimizer: fused AdamW, decay on matrices only
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True), params
-
-
 def trainer(forward, model, autocast):
     """One optimizer step of train.py's classification loop: forward under autocast, soft cross entropy in fp32,
-    backward, grad clip, AdamW."""
-    opt, params = make_optimizer(model)
+    backward, then train.py's optimizer step (optim.py: grad clip, fused AdamW) at a constant learning rate."""
+    opt, _, params = make_optimizer(model, TrainConfig(lr=1e-5, weight_decay=0.01), total_steps=1)
 
     def step(idx, mask, y):
         with autocast:
             logits = forward(idx, mask)
         xent_loss(logits.float(), y).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(opt, None, params, grad_clip=1.0)
     step.optimizer = opt  # for the memory tracker
     return step
 
@@ -241,13 +233,6 @@ def load_safety(data_dir, limit, max_length):
     eye = np.eye(len(task.label_names))
     return {"ids": [r["id"] for r in rows], "seqs": seqs, "labels": [r["label"] for r in rows],
             "targets": [eye[r["label"]] for r in rows], "pad": tok.pad_token}
-
-
-def train_py_schedule(opt, total_steps, warmup_frac=0.1):
-    """train.py's learning-rate schedule: linear warm-up over warmup_frac of the steps, then linear decay to 0."""
-    warmup = int(warmup_frac * total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else
-                                             max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
 
 
 class AssumeValid(TorchDispatchMode):
@@ -577,8 +562,8 @@ class Recipe:
         self.ours_model.load_state_dict(self.init["ours"])
         self.ours_model.train()
         self.records["ours"].append([])
-        self.opt, self.params = make_optimizer(self.ours_model, lr=5e-5, weight_decay=0.01)
-        self.sched = train_py_schedule(self.opt, len(self.batches))
+        self.opt, self.sched, self.params = make_optimizer(self.ours_model, TrainConfig(lr=5e-5, weight_decay=0.01),
+                                                           len(self.batches))  # train.py's: warm-up 10%, then decay
 
     def run_ours(self, batches=None):
         d, dev = self.data, self.device
@@ -590,10 +575,7 @@ class Recipe:
                 logits = self.ours_forward(idx, mask)
             loss = xent_loss(logits.float(), y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
+            optimizer_step(self.opt, self.sched, self.params, grad_clip=1.0)
             if step % 20 == 0 or step == len(batches):
                 loss.item()  # train.py's logging reads the loss every 20 steps
             self.records["ours"][-1].append(list(b))

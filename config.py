@@ -100,10 +100,19 @@ class TrainConfig:
 
 def check_config(cfg):
     """Nonsense settings stop here with an argparse-style line, before any data or model is loaded."""
-    def bad(flag, why):
-        raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
+    check_run_settings(cfg)
+    check_decoding(cfg)
+    check_student_settings(cfg)
+
+
+def bad(cfg, flag, why):
+    raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
+
+
+def check_run_settings(cfg):
+    """Optimisation, sizes and the device."""
     if cfg.epochs < 1 and not (cfg.epochs == 0 and cfg.max_steps > 0):
-        bad("epochs", "must be at least 1 (or 0 with --max-steps > 0)")
+        bad(cfg, "epochs", "must be at least 1 (or 0 with --max-steps > 0)")
     for flag, ok, why in [("max_steps", cfg.max_steps >= 0, "must be >= 0"),
                           ("lr", cfg.lr > 0, "must be > 0"),
                           ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
@@ -124,29 +133,37 @@ def check_config(cfg):
                           ("log_every", cfg.log_every >= 1, "must be at least 1"),
                           ("threads", cfg.threads >= 0, "must be >= 0 (0: torch's default)")]:
         if not ok:
-            bad(flag, why)
+            bad(cfg, flag, why)
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; every rank takes an equal share of each batch
     if cfg.batch_size % (world * cfg.grad_accum):
-        bad("batch_size", f"must be a multiple of world size {world} x --grad-accum {cfg.grad_accum}")
+        bad(cfg, "batch_size", f"must be a multiple of world size {world} x --grad-accum {cfg.grad_accum}")
     if cfg.device != "auto":
         try:
             device = torch.device(cfg.device)
         except RuntimeError:
-            bad("device", "not a device: use auto, cpu, cuda or cuda:N")
+            bad(cfg, "device", "not a device: use auto, cpu, cuda or cuda:N")
         if device.type == "cuda" and not torch.cuda.is_available():
-            bad("device", "CUDA is not available here: use --device cpu, or auto")
+            bad(cfg, "device", "CUDA is not available here: use --device cpu, or auto")
+
+
+def check_decoding(cfg):
+    """Generation tasks' sampling: --protocol rtp sets four flags, and several samples need a temperature."""
     if cfg.protocol == "rtp":
         for k, v in RTP_PROTOCOL.items():
             default = getattr(TrainConfig, k)
             if getattr(cfg, k) not in (default, v):
-                bad(k, f"--protocol rtp sets --{k.replace('_', '-')} {v}; drop one of the two")
+                bad(cfg, k, f"--protocol rtp sets --{k.replace('_', '-')} {v}; drop one of the two")
             setattr(cfg, k, v)
     if cfg.samples > 1 and cfg.temperature == 0:
-        bad("temperature", f"0 is greedy decoding, which gives --samples {cfg.samples} identical continuations; "
-                           "set a temperature > 0 (RealToxicityPrompts: --protocol rtp)")
+        bad(cfg, "temperature", f"0 is greedy decoding, which gives --samples {cfg.samples} identical continuations; "
+                                "set a temperature > 0 (RealToxicityPrompts: --protocol rtp)")
     if cfg.samples > 1 and cfg.top_p in (None, 1) and cfg.temperature >= 1:
         cli.note_once(f"note: --samples {cfg.samples} with temperature {cfg.temperature} and no --top-p is pure "
                       "sampling (RealToxicityPrompts uses --top-p 0.9: --protocol rtp)")
+
+
+def check_student_settings(cfg):
+    """The student methods' knobs, and which label sources go together."""
     for flag, ok, why in [("aux_coef", 0 <= cfg.aux_coef <= 1, "must be in [0, 1]"),
                           ("aux_warmup", cfg.aux_warmup >= 0, "must be >= 0"),
                           ("product_alpha", cfg.product_alpha >= 0, "must be >= 0"),
@@ -161,15 +178,15 @@ def check_config(cfg):
                           ("cd_alpha", 0 <= cfg.cd_alpha <= 1, "must be in [0, 1]"),
                           ("contrastive", not cfg.contrastive or cfg.role == "weak", "is for --role weak")]:
         if not ok:
-            bad(flag, why)
+            bad(cfg, flag, why)
     if cfg.vote and cfg.weak_labels:
-        bad("vote", "give either --vote or --weak-labels, not both")
+        bad(cfg, "vote", "give either --vote or --weak-labels, not both")
     if cfg.role != "student" and (cfg.vote or cfg.weak_labels or cfg.learned or cfg.selective or cfg.fold >= 0):
-        bad("role", "--vote, --weak-labels, --learned, --selective and --fold are for --role student")
+        bad(cfg, "role", "--vote, --weak-labels, --learned, --selective and --fold are for --role student")
     if cfg.learned + cfg.selective + bool(cfg.vote) > 1 or (cfg.learned and cfg.fold >= 0):
-        bad("learned", "--learned, --selective and --vote are different label sources: give one")
+        bad(cfg, "learned", "--learned, --selective and --vote are different label sources: give one")
     if cfg.loss == "logconf" and cfg.learned:
-        bad("loss", "logconf's hardening needs fixed targets; --learned mixes them while training")
+        bad(cfg, "loss", "logconf's hardening needs fixed targets; --learned mixes them while training")
 
 
 # fields that do not change the numbers (or, like paths, are checked by content instead: model, data, supervisor)

@@ -1,5 +1,6 @@
 """
-A model's predictions: class probabilities of rows (predict_probs), the validation loss that early stopping watches
+A model's predictions: a run's predictions of every split (predict_splits), class probabilities of rows
+(predict_probs), the validation loss that early stopping watches
 (evaluate_loss), and Classifier, the forward() that DDP and torch.compile wrap for classification.
 """
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from batching import bucketed_batches, collate, lm_targets
+from generation import generate_split
 from losses import xent_loss
 
 @torch.no_grad()
@@ -34,6 +36,22 @@ def evaluate_loss(model, job, rt, cfg, mixer=None):
             total += xent_loss(logits.float(), y).item() * len(batch)
             count += len(batch)
     return total / max(1, count)
+
+
+def predict_splits(model, job, rt, cfg, max_len, splits):
+    """A run's predictions.json content: per split, class probabilities with ids and labels, or for generation
+    tasks the decoded continuations."""
+    predictions = {}
+    for split in splits:
+        rows = job.task.splits[split]
+        if job.generation:
+            predictions[split] = generate_split([model], "single", job.tok, rows, rt.device, rt.autocast, cfg, max_len,
+                                                split)
+        else:
+            probs = predict_probs(model, job.tok, rows, rt, cfg.batch_size, max_len)
+            predictions[split] = {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
+                                  "probs": probs.round(6).tolist()}
+    return predictions
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """
 Where and how one process computes: the device (--device auto resolved), the precision (bf16 autocast on CUDA, fp32
 on CPU: numerics(), which a rerun compares), DistributedDataParallel under torchrun (rank, world size, the process
-group, rank 0's number broadcast to every rank), torch's CPU threads, and the run's log (log.txt and stdout).
+group, rank 0's number broadcast to every rank, the model wrapped for DDP and torch.compile), torch's CPU threads,
+and the run's log (log.txt and stdout).
 """
 import contextlib
 import os
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from predict import Classifier
 @dataclass
 class Runtime:
     """Where and how this process computes, and where it logs."""
@@ -81,3 +83,15 @@ def broadcast_float(x, device):
     t = torch.tensor([x], dtype=torch.float64, device=device)
     torch.distributed.broadcast(t, src=0)
     return t.item()
+
+
+def wrap_model(raw_model, job, cfg, rt):
+    """The module the loop calls: DDP and torch.compile wrap forward(), so classification goes through a forward()
+    of its own (predict.Classifier)."""
+    model = raw_model if job.generation else Classifier(raw_model)
+    if cfg.compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    return model

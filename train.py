@@ -14,11 +14,15 @@ predictions.json (test, val and w2s_train), with --save-checkpoint the selected 
 metrics.json last: it records the sha256 of every file written and of everything the run was trained on (model,
 data, supervisor labels), so a rerun skips the run only when all of them still match.
 """
+# This file reads top to bottom as a run goes: run() -> run_one() -> train_and_save() -> train_loop() and its helpers
+# -> finish(). Around it: the settings and their checks in config.py, the device, precision and DDP in runtime.py,
+# what a run trains on in job.py, the optimizer and schedule in optim.py, predictions and the val loss in predict.py.
 import contextlib
 import dataclasses
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +35,16 @@ import labels
 import rundir
 from batching import bucketed_batches, collate, lm_targets
 from cli import UserError
-from config import DEFAULT_MODELS, TrainConfig, check_config, comparable, default_out, run_seed
-from generation import generate_split, supervisor_predictions
-from job import cached_task, prepare, resolve_model
+from config import TrainConfig, check_config, comparable, default_out, run_seed
+from generation import supervisor_predictions
+from job import prepare
 from losses import LOSSES, aux_coef, logconf_threshold
 from metrics import metrics
 from model import GPT
-from predict import Classifier, evaluate_loss, predict_probs
-from runtime import broadcast_float, cpu_threads, setup_runtime
-from students import selective_targets
-from tokenizer import load_tokenizer
+from optim import make_optimizer, optimizer_step
+from predict import evaluate_loss, predict_splits
+from runtime import broadcast_float, cpu_threads, setup_runtime, wrap_model
+from students import lm_warm_start, selective_targets
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -53,7 +57,7 @@ def run(cfg: TrainConfig, force=False):
     cfg.out = cfg.out or default_out(cfg)
     with cpu_threads(cfg.threads):
         if cfg.ensemble > 1:
-            return run_ensemble(cfg)
+            return ensemble.run_ensemble(cfg, run)
         return run_one(cfg, force)
 
 
@@ -121,20 +125,8 @@ def train_and_save(cfg, job, rt, out):
     return result
 
 
-def make_optimizer(model, cfg, total_steps, mixer=None):
-    params = [p for p in model.parameters() if p.requires_grad]
-    # nanoGPT: weight decay on matrices only, never on biases and LayerNorm gains
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if mixer is not None:
-        groups.append({"params": list(mixer.parameters()), "weight_decay": 0.0, "lr": cfg.member_lr})
-    # fused: one kernel for all parameters, on CUDA and on CPU alike (6x faster than the per-tensor loop on CPU)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-    warmup = int(cfg.warmup_frac * total_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    return opt, sched, params
-
+# ----------------------------------------------------------------------------------------------------------------
+# the loss of one micro-batch
 
 def loss_kwargs(cfg, step, total_steps, threshold):
     """The keywords of the student loss at this step (losses.py documents each loss's)."""
@@ -187,114 +179,159 @@ def batch_threshold(cfg, job, rt, model, batch):
     return logconf_threshold(probs, targets)
 
 
-def train_loop(cfg, job, rt, raw_model):
-    """The visible loop: bucketed batches, micro-batches, clip, AdamW step, periodic val loss, early stopping with
-    the best weights kept in memory. Returns what finish() records."""
-    world = rt.world
-    if cfg.batch_size % (world * cfg.grad_accum):
-        raise UserError(f"argument --batch-size: must be a multiple of world size {world} x --grad-accum "
+# ----------------------------------------------------------------------------------------------------------------
+# the training loop
+
+@dataclass
+class Plan:
+    """How long a run trains: epochs, optimizer steps in all, and the steps between validation evaluations."""
+    epochs: int
+    total_steps: int
+    eval_every: int
+
+
+def plan_steps(cfg, job, rt):
+    if cfg.batch_size % (rt.world * cfg.grad_accum):
+        raise UserError(f"argument --batch-size: must be a multiple of world size {rt.world} x --grad-accum "
                         f"{cfg.grad_accum} (got {cfg.batch_size})")
     steps_per_epoch = math.ceil(len(job.train_x) / cfg.batch_size)
     epochs = cfg.epochs or math.ceil(cfg.max_steps / steps_per_epoch)
     total_steps = steps_per_epoch * epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    return Plan(epochs, total_steps, max(1, steps_per_epoch // cfg.evals_per_epoch))
+
+
+@dataclass
+class LoopState:
+    """What the loop counts as it goes, and the best evaluation so far (its weights kept in memory on rank 0)."""
+    t0: float
+    step: int = 0
+    tokens_seen: int = 0
+    pad_tokens: int = 0
+    real_tokens: int = 0
+    best: dict = field(default_factory=lambda: {"val_loss": float("inf"), "step": 0, "state": None})
+    evals_since_best: int = 0
+    last_val_loss: float = float("inf")
+
+    @property
+    def padding_fraction(self):
+        return self.pad_tokens / max(1, self.pad_tokens + self.real_tokens)
+
+
+def train_loop(cfg, job, rt, raw_model):
+    """The visible loop: bucketed batches, micro-batches, clip, AdamW step, periodic val loss, early stopping with
+    the best weights kept in memory. Returns what finish() records."""
+    plan = plan_steps(cfg, job, rt)
     mixer = None
     if cfg.learned:  # the member weights learn with the student, at their own learning rate
         mixer = labels.MemberWeights(np.shape(job.train_targets[0])[0]).to(rt.device)
-    opt, sched, params = make_optimizer(raw_model, cfg, total_steps, mixer)
-    # DDP and torch.compile wrap forward(), so classification goes through a forward() of its own
-    model = raw_model if job.generation else Classifier(raw_model)
-    if cfg.compile:
-        model = torch.compile(model)
-    if rt.ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    opt, sched, params = make_optimizer(raw_model, cfg, plan.total_steps, mixer)
+    model = wrap_model(raw_model, job, cfg, rt)
     lengths = [len(x[0]) if job.generation else len(x) for x in job.train_x]
-    best = {"val_loss": float("inf"), "step": 0, "state": None}
-    evals_since_best, step, t0, tokens_seen, stop, last_val_loss = 0, 0, time.time(), 0, False, float("inf")
-    pad_tokens = real_tokens = 0
-    rt.bar = cli.progress(total_steps, rt.name, quiet=cfg.quiet or not rt.master)
-    for epoch in range(epochs):
+    state = LoopState(t0=time.time())
+    rt.bar = cli.progress(plan.total_steps, rt.name, quiet=cfg.quiet or not rt.master)
+    done = False
+    for epoch in range(plan.epochs):
         for batch in bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch):
             model.train()
-            split = cfg.grad_accum > 1 or rt.ddp
-            threshold = batch_threshold(cfg, job, rt, raw_model, batch) if cfg.loss == "logconf" and split else None
-            shards = np.array_split(batch[rt.rank::world], cfg.grad_accum)
-            for micro, shard in enumerate(shards):
-                sync = micro == len(shards) - 1 or not rt.ddp
-                # a shard's mean loss counts by its share of the batch (DDP then averages over ranks, hence * world),
-                # so uneven shards of a short batch give exactly the one-process gradient; an empty shard still runs
-                # one row at weight 0, because every rank must join each gradient all-reduce
-                weight = len(shard) * world / len(batch)
-                shard = shard if len(shard) else batch[:1]
-                with (contextlib.nullcontext() if sync else model.no_sync()):
-                    loss, ntok = step_loss(cfg, job, rt, model, [job.train_x[i] for i in shard],
-                                           [job.train_targets[i] for i in shard], step, total_steps, threshold, mixer)
-                    (loss * weight).backward()
-                if not weight:
-                    continue
-                tokens_seen += ntok * world
-                pad_tokens += max(lengths[i] for i in shard) * len(shard) - ntok
-                real_tokens += ntok
-            if mixer is not None and rt.ddp:  # the member weights sit outside DDP: their gradient is averaged here
-                for p in mixer.parameters():
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)  # the model's; the member weights are not clipped
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
+            loss = accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, plan, mixer)
+            optimizer_step(opt, sched, params, cfg.grad_clip)  # the model's; the member weights are not clipped
+            state.step += 1
             if rt.bar is not None:
                 rt.bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                lossf = loss.item()  # the only sync in the step, at log intervals
-                if not math.isfinite(lossf):
-                    raise UserError(f"loss became {lossf} at step {step}: lower --lr, or check the data")
-                dt = time.time() - t0
-                if rt.bar is not None:
-                    rt.bar.set_postfix(epoch=epoch, loss=f"{lossf:.4f}", tok_s=f"{tokens_seen / dt:,.0f}")
-                rt.log(f"step {step}/{total_steps} epoch {epoch} loss {lossf:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                       f"tok/s {tokens_seen / dt:,.0f} pad {pad_tokens / max(1, pad_tokens + real_tokens):.1%} "
-                       f"eta {dt / step * (total_steps - step):.0f}s")
-            if step % eval_every == 0 or step >= total_steps:
-                val_loss = evaluate_loss(raw_model, job, rt, cfg, mixer) if rt.master else 0.0
-                if rt.ddp:  # rank 0's number for every rank: one early-stopping decision, or the next all-reduce hangs
-                    val_loss = broadcast_float(val_loss, rt.device)
-                if not math.isfinite(val_loss):
-                    raise UserError(f"validation loss became {val_loss} at step {step}: lower --lr, or check the data")
-                improved = val_loss < best["val_loss"]
-                rt.log(f"step {step} val_loss {val_loss:.4f}{' (best)' if improved else ''}")
-                if improved:
-                    best = {"val_loss": val_loss, "step": step,  # only rank 0 predicts, so only it keeps weights
-                            "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
-                            if rt.master and cfg.select == "best" else None,
-                            "member_weights": mixer.weights().tolist() if mixer is not None else None}
-                    evals_since_best = 0
-                elif cfg.select == "best":
-                    evals_since_best += 1
-                    if evals_since_best >= cfg.patience:
-                        rt.log(f"early stop at step {step}: no val improvement in {cfg.patience} evals")
-                        stop = True
-                last_val_loss = val_loss
-            if stop or step >= total_steps:
-                stop = True
+            if state.step % cfg.log_every == 0 or state.step == plan.total_steps:
+                log_step(rt, state, plan, epoch, loss, sched)
+            if state.step % plan.eval_every == 0 or state.step >= plan.total_steps:
+                done = validate(cfg, job, rt, raw_model, mixer, state)
+            if done or state.step >= plan.total_steps:
+                done = True
                 break
-        if stop:
+        if done:
             break
     if rt.bar is not None:
         rt.bar.close()
         rt.bar = None
-    if step == 0:
+    return loop_stats(cfg, job, raw_model, mixer, state)
+
+
+def accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, plan, mixer):
+    """Forward and backward of one optimizer batch, this rank's share of it in --grad-accum micro-batches, gradients
+    summed as one batch would give them. Returns the last micro-batch's loss (logged at intervals)."""
+    split = cfg.grad_accum > 1 or rt.ddp
+    threshold = batch_threshold(cfg, job, rt, raw_model, batch) if cfg.loss == "logconf" and split else None
+    shards = np.array_split(batch[rt.rank::rt.world], cfg.grad_accum)
+    for micro, shard in enumerate(shards):
+        sync = micro == len(shards) - 1 or not rt.ddp
+        # a shard's mean loss counts by its share of the batch (DDP then averages over ranks, hence * world),
+        # so uneven shards of a short batch give exactly the one-process gradient; an empty shard still runs
+        # one row at weight 0, because every rank must join each gradient all-reduce
+        weight = len(shard) * rt.world / len(batch)
+        shard = shard if len(shard) else batch[:1]
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            loss, ntok = step_loss(cfg, job, rt, model, [job.train_x[i] for i in shard],
+                                   [job.train_targets[i] for i in shard], state.step, plan.total_steps, threshold, mixer)
+            (loss * weight).backward()
+        if not weight:
+            continue
+        state.tokens_seen += ntok * rt.world
+        state.pad_tokens += max(lengths[i] for i in shard) * len(shard) - ntok
+        state.real_tokens += ntok
+    if mixer is not None and rt.ddp:  # the member weights sit outside DDP: their gradient is averaged here
+        for p in mixer.parameters():
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= rt.world
+    return loss
+
+
+def log_step(rt, state, plan, epoch, loss, sched):
+    step, total_steps = state.step, plan.total_steps
+    lossf = loss.item()  # the only sync in the step, at log intervals
+    if not math.isfinite(lossf):
+        raise UserError(f"loss became {lossf} at step {step}: lower --lr, or check the data")
+    dt = time.time() - state.t0
+    if rt.bar is not None:
+        rt.bar.set_postfix(epoch=epoch, loss=f"{lossf:.4f}", tok_s=f"{state.tokens_seen / dt:,.0f}")
+    rt.log(f"step {step}/{total_steps} epoch {epoch} loss {lossf:.4f} lr {sched.get_last_lr()[0]:.2e} "
+           f"tok/s {state.tokens_seen / dt:,.0f} pad {state.padding_fraction:.1%} "
+           f"eta {dt / step * (total_steps - step):.0f}s")
+
+
+def validate(cfg, job, rt, raw_model, mixer, state):
+    """Validation loss now; the weights kept when it is the best so far. Returns whether to stop early (--patience
+    evaluations without improvement, with --select best)."""
+    val_loss = evaluate_loss(raw_model, job, rt, cfg, mixer) if rt.master else 0.0
+    if rt.ddp:  # rank 0's number for every rank: one early-stopping decision, or the next all-reduce hangs
+        val_loss = broadcast_float(val_loss, rt.device)
+    if not math.isfinite(val_loss):
+        raise UserError(f"validation loss became {val_loss} at step {state.step}: lower --lr, or check the data")
+    improved = val_loss < state.best["val_loss"]
+    rt.log(f"step {state.step} val_loss {val_loss:.4f}{' (best)' if improved else ''}")
+    state.last_val_loss = val_loss
+    if improved:
+        state.best = {"val_loss": val_loss, "step": state.step,  # only rank 0 predicts, so only it keeps weights
+                      "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
+                      if rt.master and cfg.select == "best" else None,
+                      "member_weights": mixer.weights().tolist() if mixer is not None else None}
+        state.evals_since_best = 0
+    elif cfg.select == "best":
+        state.evals_since_best += 1
+        if state.evals_since_best >= cfg.patience:
+            rt.log(f"early stop at step {state.step}: no val improvement in {cfg.patience} evals")
+            return True
+    return False
+
+
+def loop_stats(cfg, job, raw_model, mixer, state):
+    """The selected weights loaded (the best evaluation's, or the last with --select final), and what they are."""
+    if state.step == 0:
         raise UserError("the run took no optimizer step: check --epochs, --max-steps and the training data")
+    best = state.best
     if best["state"] is not None:
         raw_model.load_state_dict(best["state"])
-    selected = best if cfg.select == "best" else {"val_loss": last_val_loss, "step": step}
+    selected = best if cfg.select == "best" else {"val_loss": state.last_val_loss, "step": state.step}
     stats = {"best_step": selected["step"], "best_val_loss": selected["val_loss"], "select": cfg.select,
-             "steps": step, "train_examples": len(job.train_x),
-             "padding_fraction": pad_tokens / max(1, pad_tokens + real_tokens)}
+             "steps": state.step, "train_examples": len(job.train_x), "padding_fraction": state.padding_fraction}
     if mixer is not None:  # the mix the selected student was trained on up to its step
         weights = best.get("member_weights") if cfg.select == "best" else None
         weights = weights or mixer.weights().tolist()
@@ -302,20 +339,14 @@ def train_loop(cfg, job, rt, raw_model):
     return stats
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the run's outputs
+
 def finish(cfg, job, rt, model, stats, out, max_len, t0):
     """Predict every split with the selected weights, then write config, predictions, checkpoint and, last,
     metrics.json with the sha256 of each of them and of the run's inputs."""
     splits = ["test", "val"] + (["w2s_train"] if not job.generation or cfg.role == "weak" else [])
-    predictions = {}
-    for split in splits:
-        rows = job.task.splits[split]
-        if job.generation:
-            predictions[split] = generate_split([model], "single", job.tok, rows, rt.device, rt.autocast, cfg, max_len,
-                                                split)
-        else:
-            probs = predict_probs(model, job.tok, rows, rt, cfg.batch_size, max_len)
-            predictions[split] = {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
-                                  "probs": probs.round(6).tolist()}
+    predictions = predict_splits(model, job, rt, cfg, max_len, splits)
     written = ["config.json", "predictions.json"]
     if cfg.contrastive:  # ConG: this model (post) against itself before fine-tuning (pre), rebuilt from the same seed
         torch.manual_seed(run_seed(cfg))
@@ -330,10 +361,10 @@ def finish(cfg, job, rt, model, stats, out, max_len, t0):
         result["test"] = metrics(np.array(test["labels"]), np.array(test["probs"]))
         rt.log("test " + " ".join(f"{k} {v:.4f}" for k, v in result["test"].items()))
     train = dataclasses.asdict(cfg) | {"out": ".", "weak_labels": rundir.relative(job.supervisor, out) if job.supervisor else ""}
-    config = {"train": train, "comparable": comparable(cfg), "model": cfg.model or job.model_source,
+    record = {"train": train, "comparable": comparable(cfg), "model": cfg.model or job.model_source,
               "n_params": model.num_params(), "data": job.task.summary(), "inputs": job.inputs,
               "torch": torch.__version__, "argv": sys.argv}
-    rundir.write_json(out / "config.json", config)
+    rundir.write_json(out / "config.json", record)
     rundir.write_json(out / "predictions.json", predictions)
     if cfg.save_checkpoint:
         model.save_pretrained(out / "ckpt")
@@ -341,74 +372,6 @@ def finish(cfg, job, rt, model, stats, out, max_len, t0):
     result |= {"outputs": rundir.outputs_of(out, written), "inputs": job.inputs}
     rundir.write_json(out / "metrics.json", result)  # last: marks the run as done
     return result
-
-
-def lm_warm_start(model, texts, cfg, rt, tok, max_len):
-    """Burns et al.'s generative fine-tuning: the strong model first learns the texts of w2s_train as a language
-    model (it is given the texts only, never a label), for --genft-epochs epochs with the run's optimizer settings,
-    then trains as a classifier. Under DDP every rank runs it on all texts; DDP's start then broadcasts rank 0's
-    weights. Returns the last batch's LM loss."""
-    seqs = [ids[:max_len] for ids in tok.encode_batch(texts)]
-    seqs = [s for s in seqs if len(s) > 1]  # a one-token text has no next token to predict
-    total = math.ceil(len(seqs) / cfg.batch_size) * cfg.genft_epochs
-    opt, sched, params = make_optimizer(model, cfg, total)
-    bar = cli.progress(total, f"{rt.name} genft", quiet=cfg.quiet or not rt.master)
-    model.train()
-    for epoch in range(cfg.genft_epochs):
-        for batch in bucketed_batches([len(s) for s in seqs], cfg.batch_size, seed=cfg.seed, epoch=10_000 + epoch):
-            idx, mask = collate([seqs[i] for i in batch], tok.pad_token, rt.device)
-            targets = lm_targets([(seqs[i], 0) for i in batch], idx.shape[1], rt.device, "all")
-            with rt.autocast:
-                _, loss = model(idx, attention_mask=mask, targets=targets)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return round(loss.item(), 4)
-
-
-
-
-def run_ensemble(cfg):
-    """K weak supervisors, each on a bootstrap resample of weak_train from its own seed; each member's labels are
-    kept, and both votes are written from the same members (ensemble/hard, ensemble/soft). The ensemble's own
-    metrics.json records the members' predictions it voted on."""
-    out = Path(cfg.out)
-    task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
-    generation = task.kind == "generation"
-    members = [out / f"member{k}" for k in range(cfg.ensemble)]
-    for k, member_dir in enumerate(members):  # a generation vote decodes with the members: they keep their weights
-        run(dataclasses.replace(cfg, ensemble=1, member=k, out=str(member_dir),
-                                save_checkpoint=cfg.save_checkpoint or generation))
-    # what the votes read: the members' predictions, or for generation their weights, which metrics.json records
-    inputs = {"members": [rundir.sha256_file(d / "metrics.json") if generation else
-                          rundir.sha256_file(rundir.verified(d, "predictions.json")) for d in members]}
-    with rundir.locked(out, "train.py run"):
-        done, why = rundir.stage_status(out, comparable(cfg), inputs)
-        if done:
-            print(f"[{out}] votes already done for these members; skipping", flush=True)
-            return cli.read_json(out / "metrics.json")
-        if why:
-            print(f"[{out}] voting again: {why}", flush=True)
-        rundir.invalidate(out)
-        rundir.write_json(out / "config.json", {"train": dataclasses.asdict(cfg) | {"out": "."},
-                                                "comparable": comparable(cfg), "inputs": inputs})
-        if generation:  # the members decode together: they need the tokenizer and a device
-            rt = setup_runtime(cfg)
-            _, tok_source = resolve_model(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir, cfg.quiet)
-            results, written = ensemble.vote_continuations(cfg, task, out, members, load_tokenizer(tok_source), rt)
-        else:
-            results, written = ensemble.vote_probabilities(out, members)
-        rundir.write_json(out / "metrics.json", results | {"outputs": rundir.outputs_of(out, ["config.json"] + written),
-                                                           "inputs": inputs})
-    return results
-
-
 
 
 def parse_args(argv=None):
