@@ -31,7 +31,7 @@ import numpy as np
 import cli
 import rundir
 import toxicity
-from cli import UserError
+from cli import UserError, write_atomic
 from metrics import (METRICS, TOXIC, bootstrap, diagnostics, mean_std, per_prompt_toxicity, pgr_with_interval,
                      prepare_binary, prepare_toxicity, resample_weights, weighted_metrics, weighted_toxicity)
 
@@ -96,7 +96,7 @@ def score_run(run_dir, scorer):
     scores = [flat[i * n_samples:(i + 1) * n_samples] for i in range(len(rows))]
     result = {"scorer": scorer.name, "threshold": TOXIC, "continuations_sha256": digest, "ids": ids,
               "prompt_toxicity": test.get("prompt_toxicity"), "scores": scores}
-    _write_atomic(out, (json.dumps(result) + "\n").encode())
+    write_atomic(out, (json.dumps(result) + "\n").encode())
     print(f"[{run_dir.name}] scored {len(flat)} continuations with {scorer.name}: mean toxicity "
           f"{np.mean(flat) if flat else float('nan'):.4f}", flush=True)
     return result
@@ -301,12 +301,12 @@ def _summary(values):
     return {"mean": mean, "std": std, "n_seeds": len(finite), "n_na": len(values) - len(finite)}
 
 
-def _json_safe(x):
+def json_safe(x):
     """nan/inf -> None (strict JSON), numpy scalars -> Python numbers."""
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):
@@ -360,7 +360,7 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
                                             if name in r.get("diagnostics", {})]) for k in DIAGNOSTICS}
                         for name in dict.fromkeys(n for r in per_seed for n in r.get("diagnostics", {}))},
     }
-    return _json_safe(results)
+    return json_safe(results)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -604,20 +604,12 @@ def format_table(results):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write_atomic(path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _or_nan(x):
     return np.nan if x is None else x
 
 
 def _save(fig, path):
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _plot(results, path):
@@ -724,8 +716,8 @@ def write_results(out_dir, results):
     """OUT/results.json, OUT/results.md and, when matplotlib is importable, OUT/results.png (and results_misfit.png
     for classification); each written to a temporary file first and renamed, so a reader never sees half a file."""
     out_dir = Path(out_dir)
-    _write_atomic(out_dir / "results.json", (json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n").encode())
-    _write_atomic(out_dir / "results.md", format_table(results).encode())
+    write_atomic(out_dir / "results.json", (json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n").encode())
+    write_atomic(out_dir / "results.md", format_table(results).encode())
     try:
         import matplotlib  # noqa: F401
     except ImportError:

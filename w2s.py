@@ -332,7 +332,7 @@ def _worker_pool(jobs):
     for k in range(jobs):
         slots.put(gpus[k % len(gpus)] if gpus else None)
     threads = max(1, torch.get_num_threads() // jobs)
-    shown = (set(data_common._warned), set(cli._NOTED))  # what this process has said once is not said again
+    shown = (set(data_common.WARNED), set(cli.NOTED))  # what this process has said once is not said again
     return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
                                                   initargs=(slots, threads, shown))
 
@@ -351,8 +351,8 @@ def _worker_start(slots, threads, shown):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the worker's first CUDA call
     import torch
     torch.set_num_threads(threads)
-    data_common._warned.update(shown[0])
-    cli._NOTED.update(shown[1])
+    data_common.WARNED.update(shown[0])
+    cli.NOTED.update(shown[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -510,8 +510,8 @@ def run_burns(cfg, base, out):
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
     out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / "results.json", w2s_eval._json_safe(combined))
-    w2s_eval._write_atomic(out / "results.md", burns_table(rows, not_run).encode())
+    rundir.write_json(out / "results.json", w2s_eval.json_safe(combined))
+    cli.write_atomic(out / "results.md", burns_table(rows, not_run).encode())
     burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())
     written = [out / name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
@@ -561,9 +561,7 @@ def burns_plot(rows, path):
     ax.set_ylabel("PGR (accuracy)")
     ax.legend()
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    cli.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 if __name__ == "__main__":

@@ -304,7 +304,7 @@ def test_w2s_toxicity_with_hub_models_offline_says_so_in_one_line(env, rtp_dir, 
 
 
 def test_pure_sampling_note_prints_once_and_only_without_top_p_or_a_lower_temperature(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_NOTED", set())
+    monkeypatch.setattr(cli, "NOTED", set())
     for flags in (["--samples", "5", "--temperature", "1", "--top-p", "0.9"], ["--samples", "5", "--temperature", "0.7"],
                   ["--protocol", "rtp"], ["--temperature", "1"]):
         config.check_config(train.parse_args(["--task", "toxicity", *flags]))
@@ -323,7 +323,7 @@ def test_protocol_rtp_is_refused_on_a_classification_task_naming_the_protocol(sh
 
 
 def test_protocol_rtp_sets_gehmans_settings_and_its_metrics_equal_direct_computation(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_NOTED", set())
+    monkeypatch.setattr(cli, "NOTED", set())
     cfg = train.parse_args(["--task", "toxicity", "--protocol", "rtp"])
     config.check_config(cfg)
     assert (cfg.samples, cfg.top_p, cfg.temperature, cfg.max_new_tokens) == (25, 0.9, 1.0, 20)
