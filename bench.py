@@ -63,12 +63,15 @@ import checkpoints
 import cli
 import features
 import llama
-import train
+from batching import bucketed_batches, collate
 from cli import UserError
+from config import TrainConfig
 from data import load_task
 from llama import Llama, LlamaConfig
 from losses import xent_loss
 from model import GPT, GPTConfig
+from optim import make_optimizer, optimizer_step
+from predict import Classifier
 from tokenizer import load_tokenizer
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -214,26 +217,16 @@ def exact_fp32():
 # ----------------------------------------------------------------------------------------------------------------
 # pieces shared by the sections and by --memory
 
-def make_optimizer(model, lr=1e-5, weight_decay=0.01):
-    # train.py's optimizer: fused AdamW, decay on matrices only
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True), params
-
-
 def trainer(forward, model, autocast):
     """One optimizer step of train.py's classification loop: forward under autocast, soft cross entropy in fp32,
-    backward, grad clip, AdamW."""
-    opt, params = make_optimizer(model)
+    backward, then train.py's optimizer step (optim.py: grad clip, fused AdamW) at a constant learning rate."""
+    opt, _, params = make_optimizer(model, TrainConfig(lr=1e-5, weight_decay=0.01), total_steps=1)
 
     def step(idx, mask, y):
         with autocast:
             logits = forward(idx, mask)
         xent_loss(logits.float(), y).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(opt, None, params, grad_clip=1.0)
     step.optimizer = opt  # for the memory tracker
     return step
 
@@ -267,13 +260,6 @@ def load_safety(data_dir, limit, max_length):
             "targets": [eye[r["label"]] for r in rows], "pad": tok.pad_token}
 
 
-def train_py_schedule(opt, total_steps, warmup_frac=0.1):
-    """train.py's learning-rate schedule: linear warm-up over warmup_frac of the steps, then linear decay to 0."""
-    warmup = int(warmup_frac * total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else
-                                             max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-
-
 class AssumeValid(TorchDispatchMode):
     """Fake tensors have no values, so a step's host reads cannot run. The classification step's only ones are the
     `if bad.any():` checks (targets are probabilities, every row has a real token): answer them False; any other
@@ -304,7 +290,7 @@ def step_memory(shape, batch_size, seq_len, grad_checkpoint, dtype, device, fake
     with (FakeTensorMode() if fake else contextlib.nullcontext()), torch.device(device), \
             (AssumeValid() if fake else contextlib.nullcontext()):
         model = classifier_of_shape(shape, grad_checkpoint)
-        step = trainer(train.Classifier(model), model, autocast)
+        step = trainer(Classifier(model), model, autocast)
         idx = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
         mask = torch.ones_like(idx)
         mask[0, seq_len // 2:] = 0  # one padded row, so the mask is passed, as in train.py's bucketed batches
@@ -420,7 +406,7 @@ def section_train(ctx):
     rows = [classify_parity(S, ours, hf)]
     ours.train()
     hf.train()
-    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+    step = {"ours": trainer(ctx.compiled(Classifier(ours)), ours, ctx.autocast),
             "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
                            ctx.autocast)}
     B, T, n = c["batch_size"], c["seq_len"], c["steps"]
@@ -496,15 +482,15 @@ def section_epoch(ctx):
     seqs, B, L = data["seqs"], c["batch_size"], c["max_length"]
     lengths = [len(s) for s in seqs]
     order = np.random.default_rng(0).permutation(len(seqs))
-    plans = {"bucketed": train.bucketed_batches(lengths, B, seed=0, epoch=0),
+    plans = {"bucketed": bucketed_batches(lengths, B, seed=0, epoch=0),
              "padded": [order[i:i + B] for i in range(0, len(seqs), B)]}
     ours, hf = ctx.ours(c["shape"]).train(), ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"]).train()
-    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+    step = {"ours": trainer(ctx.compiled(Classifier(ours)), ours, ctx.autocast),
             "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
                            ctx.autocast)}
 
     def batch(b, plan):
-        idx, mask = train.collate([seqs[i] for i in b], data["pad"], dev)
+        idx, mask = collate([seqs[i] for i in b], data["pad"], dev)
         if plan == "padded":
             idx, mask = pad_to(idx, mask, L, data["pad"])
         return idx, mask, torch.tensor(np.stack([data["targets"][i] for i in b]), dtype=torch.float32, device=dev)
@@ -554,12 +540,12 @@ class Recipe:
         c, data = ctx.cfg, ctx.safety
         self.ctx, self.device, self.data = ctx, ctx.device, data
         self.B, self.L, self.pad = c["batch_size"], c["max_length"], data["pad"]
-        batches = train.bucketed_batches([len(s) for s in data["seqs"]], self.B, seed=0, epoch=0)
+        batches = bucketed_batches([len(s) for s in data["seqs"]], self.B, seed=0, epoch=0)
         # the one short batch goes last, so that the Trainer's consecutive batches of B over the same order are ours
         self.batches = [b.tolist() for b in sorted(batches, key=lambda b: len(b) < self.B)]
         self.order = [i for b in self.batches for i in b]
         self.ours_model = ctx.ours(c["shape"])
-        self.ours_forward = ctx.compiled(train.Classifier(self.ours_model))
+        self.ours_forward = ctx.compiled(Classifier(self.ours_model))
         self.hf_model = ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"], attn_implementation=None)
         self.init = {"ours": {k: v.clone() for k, v in self.ours_model.state_dict().items()},
                      "ref": {k: v.clone() for k, v in self.hf_model.state_dict().items()}}
@@ -603,23 +589,20 @@ class Recipe:
         self.ours_model.load_state_dict(self.init["ours"])
         self.ours_model.train()
         self.records["ours"].append([])
-        self.opt, self.params = make_optimizer(self.ours_model, lr=5e-5, weight_decay=0.01)
-        self.sched = train_py_schedule(self.opt, len(self.batches))
+        self.opt, self.sched, self.params = make_optimizer(self.ours_model, TrainConfig(lr=5e-5, weight_decay=0.01),
+                                                           len(self.batches))  # train.py's: warm-up 10%, then decay
 
     def run_ours(self, batches=None):
         d, dev = self.data, self.device
         batches = self.batches if batches is None else batches
         for step, b in enumerate(batches, 1):
-            idx, mask = train.collate([d["seqs"][i] for i in b], self.pad, dev)
+            idx, mask = collate([d["seqs"][i] for i in b], self.pad, dev)
             y = torch.tensor(np.stack([d["targets"][i] for i in b]), dtype=torch.float32, device=dev)
             with self.ctx.autocast:
                 logits = self.ours_forward(idx, mask)
             loss = xent_loss(logits.float(), y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-            self.opt.step()
-            self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
+            optimizer_step(self.opt, self.sched, self.params, grad_clip=1.0)
             if step % 20 == 0 or step == len(batches):
                 loss.item()  # train.py's logging reads the loss every 20 steps
             self.records["ours"][-1].append(list(b))
@@ -669,7 +652,7 @@ def section_recipe(ctx):
 
 def rtp_prompts(ctx, n):
     """The first n test prompts of the toxicity task (RealToxicityPrompts rows under --data-dir), GPT-2 tokenized as
-    train.generate_split does, or n random prompts of 5-30 tokens without the data. Returns (token lists, source)."""
+    generation.generate_split does, or n random prompts of 5-30 tokens without the data. Returns (token lists, source)."""
     d = Path(ctx.args.data_dir)
     if (d / "toxicity").is_dir():
         with warnings.catch_warnings():
@@ -696,7 +679,7 @@ def section_rtp(ctx):
     hf.generation_config.eos_token_id = None  # neither side stops early: every sample gets 20 new tokens
     batches = []
     for i in range(0, P, PB):
-        idx, mask = train.collate(prompts[i:i + PB], PAD, dev, left_pad=True)
+        idx, mask = collate(prompts[i:i + PB], PAD, dev, left_pad=True)
         batches.append((idx, torch.ones_like(idx) if mask is None else mask))
     gen = torch.Generator(dev).manual_seed(0)
 
@@ -811,7 +794,7 @@ def train_step_rows(ctx, S, ours, hf, pad, what):
     c, dev = ctx.cfg, ctx.device
     ours.train()
     hf.train()
-    step = {"ours": trainer(ctx.compiled(train.Classifier(ours)), ours, ctx.autocast),
+    step = {"ours": trainer(ctx.compiled(Classifier(ours)), ours, ctx.autocast),
             "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
                            ctx.autocast)}
     B, T, n = c["batch_size"], c["seq_len"], c["steps"]
@@ -914,7 +897,7 @@ def trunk_runs(ours, hf, seqs, pad, device):
     def padded(side):
         out = []
         for j in range(0, len(seqs), features.BATCH):
-            idx, mask = train.collate(seqs[j:j + features.BATCH], pad, device)
+            idx, mask = collate(seqs[j:j + features.BATCH], pad, device)
             mask = torch.ones_like(idx) if mask is None else mask
             h = (ours.hidden(idx, mask) if side == "ours" else
                  hf(input_ids=idx, attention_mask=mask).last_hidden_state)

@@ -6,14 +6,18 @@ The command line of every entry point (w2s.py, train.py, eval.py, bench.py), in 
     main_guard(main)                      expected errors -> "error: <one sentence>" on stderr, exit status 2;
                                           a bug keeps its traceback
     progress(total, desc, quiet)          a tqdm bar on a terminal, nothing in logs (the caller prints plain lines)
+    read_json(path), write_atomic(path)   a file read with errors that name it; a file written whole or not at all
 
 Standard library only (plus tqdm), so data/, hub.py and model.py can raise UserError without importing anything heavy.
+Every bad-input error is a UserError (hub.OfflineError, toxicity.PerspectiveError, data's DataError subclass it), so
+main_guard needs to import none of the modules that raise them.
 """
 import argparse
 import dataclasses
 import errno
 import inspect
 import json
+import os
 import re
 import sys
 import types
@@ -127,16 +131,33 @@ def read_json(path, what="JSON"):
         raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
 
 
-def expected_errors():
-    """Exception types that mean bad input, not a bug (imported here so each module stays independent)."""
-    import hub
-    import toxicity
-    return (UserError, hub.OfflineError, toxicity.PerspectiveError)
+def write_atomic(path, data, tmp_suffix=".tmp"):
+    """Write `data` (bytes, str, or a function that writes the file at the path it is given) to `path`, atomically:
+    into path + tmp_suffix beside it, then renamed over it, so a killed process never leaves a half-written file
+    under the final name. A failed write removes the temporary file; a disk error names `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + tmp_suffix)
+    try:
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None  # a full disk names no file: name it
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def error_line(e):
     """The one line shown for an expected error, or None when `e` is a bug (which keeps its traceback)."""
-    if isinstance(e, expected_errors()):
+    if isinstance(e, UserError):
         return str(e)
     if isinstance(e, (FileNotFoundError, FileExistsError)) and e.filename is None:
         return str(e)  # raised by our own code with a message that names the path
@@ -165,13 +186,13 @@ def main_guard(main):
         sys.exit(2)
 
 
-_NOTED = set()
+NOTED = set()  # the notes this process has printed (w2s.py hands them to its workers)
 
 
 def note_once(line):
     """A note printed once per process: settings are checked again by every stage of a w2s.py run."""
-    if line not in _NOTED:
-        _NOTED.add(line)
+    if line not in NOTED:
+        NOTED.add(line)
         print(line, flush=True)
 
 

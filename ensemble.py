@@ -1,16 +1,23 @@
 """
-The votes of a bootstrap ensemble of weak supervisors (train.py --role weak --ensemble K trains the members, each on
-its own resample of weak_train, then calls these): classification votes row by row on the members' class
+A bootstrap ensemble of weak supervisors and its votes (train.py --role weak --ensemble K: run_ensemble trains the
+members, each on its own resample of weak_train, then votes): classification votes row by row on the members' class
 probabilities; generation votes token by token while the members decode together (decode.py's soft and hard vote).
 """
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 
+import checkpoints
 import cli
 import rundir
 from cli import UserError
-from eval import metrics
+from config import DEFAULT_MODELS, comparable
 from generation import supervisor_predictions
-import checkpoints
+from job import cached_task
+from metrics import metrics
+from runtime import setup_runtime
+from tokenizer import load_tokenizer
 
 
 def vote(member_probs, how):
@@ -59,3 +66,39 @@ def vote_probabilities(out, members):
         results[how] = {"test": metrics(np.array(test["labels"]), np.array(test["probs"]))}
         written.append(f"{how}/predictions.json")
     return results, written
+
+
+def run_ensemble(cfg, run):
+    """K weak supervisors, each on a bootstrap resample of weak_train from its own seed; each member's labels are
+    kept, and both votes are written from the same members (ensemble/hard, ensemble/soft). The ensemble's own
+    metrics.json records the members' predictions it voted on. `run`: train.run, which trains (or skips) a member."""
+    out = Path(cfg.out)
+    task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
+    generation = task.kind == "generation"
+    members = [out / f"member{k}" for k in range(cfg.ensemble)]
+    for k, member_dir in enumerate(members):  # a generation vote decodes with the members: they keep their weights
+        run(dataclasses.replace(cfg, ensemble=1, member=k, out=str(member_dir),
+                                save_checkpoint=cfg.save_checkpoint or generation))
+    # what the votes read: the members' predictions, or for generation their weights, which metrics.json records
+    inputs = {"members": [rundir.sha256_file(d / "metrics.json") if generation else
+                          rundir.sha256_file(rundir.verified(d, "predictions.json")) for d in members]}
+    with rundir.locked(out, "train.py run"):
+        done, why = rundir.stage_status(out, comparable(cfg), inputs)
+        if done:
+            print(f"[{out}] votes already done for these members; skipping", flush=True)
+            return cli.read_json(out / "metrics.json")
+        if why:
+            print(f"[{out}] voting again: {why}", flush=True)
+        rundir.invalidate(out)
+        rundir.write_json(out / "config.json", {"train": dataclasses.asdict(cfg) | {"out": "."},
+                                                "comparable": comparable(cfg), "inputs": inputs})
+        if generation:  # the members decode together: they need the tokenizer and a device
+            rt = setup_runtime(cfg)
+            _, tok_source, _ = checkpoints.resolve(cfg.model or DEFAULT_MODELS["generation"]["weak"], cfg.data_dir,
+                                                   cfg.quiet)
+            results, written = vote_continuations(cfg, task, out, members, load_tokenizer(tok_source), rt)
+        else:
+            results, written = vote_probabilities(out, members)
+        rundir.write_json(out / "metrics.json", results | {"outputs": rundir.outputs_of(out, ["config.json"] + written),
+                                                           "inputs": inputs})
+    return results

@@ -38,11 +38,13 @@ import torch
 import checkpoints
 import cli
 import rundir
-import train
 from batching import bucketed_batches, collate
 from cli import UserError
+from config import DEFAULT_MODELS
 from data import TASKS
-from eval import metrics
+from job import cached_task
+from metrics import metrics
+from runtime import cpu_threads, numerics, setup_runtime
 from students import supervisor_path, supervisor_targets
 from tokenizer import load_tokenizer
 
@@ -256,15 +258,15 @@ def shot_labels_of(cfg, task):
 
 def prepare(cfg):
     """Data, model source, tokenizer, shot labels and the identity of everything the numbers depend on."""
-    task = train.cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
+    task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
     if task.kind != "classification":
         raise UserError(f"task {cfg.task} is a {task.kind} task: prompting baselines score label words")
-    spec = cfg.model or train.DEFAULT_MODELS["classification"]["strong"]
+    spec = cfg.model or DEFAULT_MODELS["classification"]["strong"]
     source, tok_source, depth = checkpoints.resolve(spec, cfg.data_dir, cfg.quiet)
     identity = rundir.model_identity(source, tok_source, depth)
     pool_labels, weak_path = shot_labels_of(cfg, task)
     instruction, words = PROMPTS[cfg.task]
-    inputs = {"model": identity, "numerics": train.numerics(cfg), "data": rundir.data_identity(task.summary()),
+    inputs = {"model": identity, "numerics": numerics(cfg), "data": rundir.data_identity(task.summary()),
               "prompt": {"instruction": instruction, "label_words": words, "cue": CUE, "shot_end": SHOT_END}}
     if weak_path:
         inputs["supervisor"] = rundir.sha256_file(weak_path)
@@ -278,7 +280,7 @@ def run(cfg, force=False):
     check_config(cfg)
     cfg.out = cfg.out or default_out(cfg)
     out = Path(cfg.out)
-    with train.cpu_threads(cfg.threads):
+    with cpu_threads(cfg.threads):
         job = prepare(cfg)
         with rundir.locked(out, "prompting.py run"):
             done, why = rundir.stage_status(out, comparable(cfg), job.inputs)
@@ -294,7 +296,7 @@ def run(cfg, force=False):
 
 def predict_and_save(cfg, job, out):
     t0 = time.time()
-    rt = train.setup_runtime(cfg)
+    rt = setup_runtime(cfg)
     model = checkpoints.load(job.source, depth=job.depth).to(rt.device)
     max_len = min(cfg.max_length, model.config.block_size)
     pool = job.task.splits["w2s_train"]

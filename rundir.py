@@ -19,7 +19,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli import UserError, read_json
+from cli import UserError, read_json, write_atomic
 
 EXPERIMENT = "experiment.json"
 # the temporary names of our atomic writes (x.json.tmp, x.md.tmp, x.png.tmp, x.png.tmp.png): only ever left behind
@@ -225,15 +225,7 @@ def write_experiment(out, record):
 
 def write_json(path, obj):
     """Strict JSON (NaN or Infinity is a bug here, never a result), written atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
-    try:
-        tmp.write_text(text)
-    except OSError as e:  # a full disk fails the write, which names no file: name it
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror, str(path)) from None
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------

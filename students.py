@@ -1,8 +1,10 @@
 """
 Where a student's targets come from: gold labels (weak model, ceiling), a supervisor's predictions (weak labels, a
 vote of the weak ensemble), every ensemble member's labels (--learned), or Selective W2SG's cross-fitted mix
-(--selective). The label transforms themselves are in labels.py; the losses that train on the targets in losses.py.
+(--selective); and Burns et al.'s generative fine-tuning, a student's warm start on w2s_train's texts (--genft-epochs).
+The label transforms themselves are in labels.py; the losses that train on the targets in losses.py.
 """
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,9 @@ import torch
 import cli
 import labels
 import rundir
-from batching import bucketed_batches, collate
+from batching import bucketed_batches, collate, lm_targets
 from cli import UserError
+from optim import make_optimizer, optimizer_step
 
 
 def gold_targets(rows, n_classes, generation):
@@ -98,3 +101,29 @@ def selective_targets(cfg, job, rt, model, max_len):
         targets = labels.knn_smooth(targets, feats, min(cfg.knn, n), rows=~replaced)
     job.train_targets = list(targets)
     return {"n_replaced": int(replaced.sum()), "n_smoothed": int((~replaced).sum())}
+
+
+def lm_warm_start(model, texts, cfg, rt, tok, max_len):
+    """Burns et al.'s generative fine-tuning: the strong model first learns the texts of w2s_train as a language
+    model (it is given the texts only, never a label), for --genft-epochs epochs with the run's optimizer settings,
+    then trains as a classifier. Under DDP every rank runs it on all texts; DDP's start then broadcasts rank 0's
+    weights. Returns the last batch's LM loss."""
+    seqs = [ids[:max_len] for ids in tok.encode_batch(texts)]
+    seqs = [s for s in seqs if len(s) > 1]  # a one-token text has no next token to predict
+    total = math.ceil(len(seqs) / cfg.batch_size) * cfg.genft_epochs
+    opt, sched, params = make_optimizer(model, cfg, total)
+    bar = cli.progress(total, f"{rt.name} genft", quiet=cfg.quiet or not rt.master)
+    model.train()
+    for epoch in range(cfg.genft_epochs):
+        for batch in bucketed_batches([len(s) for s in seqs], cfg.batch_size, seed=cfg.seed, epoch=10_000 + epoch):
+            idx, mask = collate([seqs[i] for i in batch], tok.pad_token, rt.device)
+            targets = lm_targets([(seqs[i], 0) for i in batch], idx.shape[1], rt.device, "all")
+            with rt.autocast:
+                _, loss = model(idx, attention_mask=mask, targets=targets)
+            loss.backward()
+            optimizer_step(opt, sched, params, cfg.grad_clip)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return round(loss.item(), 4)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cli import UserError, write_atomic
+
 TOXIC_THRESHOLD = 0.5
 PERSPECTIVE_URL = "https://commentanalyzer.googleapis.com"
 
@@ -58,7 +60,7 @@ def _sha256(text):
 # Perspective API
 
 
-class PerspectiveError(RuntimeError):
+class PerspectiveError(UserError, RuntimeError):
     """The Perspective API could not score a text; the message never holds the API key."""
 
 
@@ -315,11 +317,12 @@ class OfflineScorer:
                  if not is_held_out(row_id) and _sha256(text) not in held_out_texts]
         buckets, weights, bias = train_logreg([t for t, _ in train], [y for _, y in train])
         self.model_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.model_path.with_suffix(".partial")
-        with open(partial, "wb") as f:  # written aside then renamed: a killed run never leaves half a model
-            np.savez(f, buckets=buckets, weights=weights, bias=np.array(bias), recipe=np.array(RECIPE),
-                     train_rows=np.array(len(train)))
-        os.replace(partial, self.model_path)
+
+        def save(tmp):  # a file object: np.savez would add .npz to a name
+            with open(tmp, "wb") as f:
+                np.savez(f, buckets=buckets, weights=weights, bias=np.array(bias), recipe=np.array(RECIPE),
+                         train_rows=np.array(len(train)))
+        write_atomic(self.model_path, save, tmp_suffix=".partial")  # a killed run never leaves half a model
 
     def score(self, texts):
         scores = []

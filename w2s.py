@@ -40,12 +40,16 @@ from typing import Literal
 
 import checkpoints
 import cli
+import config
 import eval as w2s_eval
+import job
 import rundir
+import runtime
 import train
 from cli import UserError
 from data import TASKS
 from data import common as data_common
+from tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
@@ -101,7 +105,7 @@ class W2SConfig:
 @dataclass
 class Stage:
     path: str                   # the stage's directory, relative to OUT (e.g. seed0/student_naive)
-    cfg: train.TrainConfig
+    cfg: config.TrainConfig
     needs: list                 # paths of the stages whose outputs it reads
     scored: list = field(default_factory=list)  # generation: its runs whose test continuations get scores.json
 
@@ -119,7 +123,7 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
     seed_dir = f"seed{seed}"
     students = student_names(cfg, kind)
     knobs = dataclasses.asdict(base)
-    base = dataclasses.replace(base, seed=seed, **{k: getattr(train.TrainConfig, k) for k in KNOBS})
+    base = dataclasses.replace(base, seed=seed, **{k: getattr(config.TrainConfig, k) for k in KNOBS})
     ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
     sweep = bool(cfg.sizes)
     label = {m: model_label(m) for m in list(models) + list(chain)}
@@ -223,9 +227,9 @@ def student_names(cfg, kind):
 
 def describe(cfg, base, task, models):
     """What results.md's header says the numbers come from."""
-    defaults = train.TrainConfig()
+    defaults = config.TrainConfig()
     settings = {k: v for k, v in dataclasses.asdict(base).items()
-                if k not in PER_STAGE + train.NOT_COMPARED and v != getattr(defaults, k)}
+                if k not in PER_STAGE + config.NOT_COMPARED and v != getattr(defaults, k)}
     return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
             "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
             "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students}}
@@ -233,11 +237,11 @@ def describe(cfg, base, task, models):
 
 def experiment_record(cfg, base, task, scorer_name, models):
     """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
-    settings = {k: v for k, v in train.comparable(base).items() if k not in PER_STAGE}
+    settings = {k: v for k, v in config.comparable(base).items() if k not in PER_STAGE}
     students = student_names(cfg, task.kind)
     if "genft" in students:  # the one w2s.py flag that changes a stage's numbers
         settings["genft_epochs"] = cfg.genft_epochs
-    settings["numerics"] = train.numerics(base)
+    settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
             "train": settings, "students": students, "ensemble": cfg.ensemble, "scorer": scorer_name}
@@ -329,7 +333,7 @@ def _worker_pool(jobs):
     for k in range(jobs):
         slots.put(gpus[k % len(gpus)] if gpus else None)
     threads = max(1, torch.get_num_threads() // jobs)
-    shown = (set(data_common._warned), set(cli._NOTED))  # what this process has said once is not said again
+    shown = (set(data_common.WARNED), set(cli.NOTED))  # what this process has said once is not said again
     return concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
                                                   initargs=(slots, threads, shown))
 
@@ -348,8 +352,8 @@ def _worker_start(slots, threads, shown):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the worker's first CUDA call
     import torch
     torch.set_num_threads(threads)
-    data_common._warned.update(shown[0])
-    cli._NOTED.update(shown[1])
+    data_common.WARNED.update(shown[0])
+    cli.NOTED.update(shown[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -358,20 +362,20 @@ def _worker_start(slots, threads, shown):
 def parse_args(argv=None):
     parser = cli.new_parser(__doc__)
     cli.add_config_flags(parser, W2SConfig, title="experiment")
-    cli.add_config_flags(parser, train.TrainConfig, skip=PER_STAGE,
+    cli.add_config_flags(parser, config.TrainConfig, skip=PER_STAGE,
                          title="training (train.py flags, applied to every stage)")
     task = parser.parse_known_args(argv)[0].task
-    parser.set_defaults(**train.task_defaults(task))  # flags given on the command line still win
+    parser.set_defaults(**config.task_defaults(task))  # flags given on the command line still win
     args = vars(parser.parse_args(argv))
     cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig)})
-    base = train.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
+    base = config.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
     for flag, ok, why in [("ensemble", cfg.ensemble >= 0, "must be >= 0"), ("jobs", cfg.jobs >= 1, "must be at least 1"),
                           ("n_boot", cfg.n_boot >= 1, "must be at least 1"),
                           ("seeds", len(set(cfg.seeds)) == len(cfg.seeds) and min(cfg.seeds) >= 0,
                            "must be distinct and >= 0")]:
         if not ok:
             raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
-    train.check_config(base)
+    config.check_config(base)
     return cfg, base
 
 
@@ -386,7 +390,7 @@ def main(argv=None):
 def default_models(task_name, kind):
     """The task's own default pair (the toy demo's pretrained GPTs) or the paper's."""
     own = getattr(__import__(TASKS[task_name], fromlist=["_"]), "DEFAULT_MODELS", None)
-    return own or {"weak": train.DEFAULT_MODELS[kind]["weak"], "strong": train.DEFAULT_MODELS[kind]["strong"]}
+    return own or {"weak": config.DEFAULT_MODELS[kind]["weak"], "strong": config.DEFAULT_MODELS[kind]["strong"]}
 
 
 def experiment_models(cfg, base, kind):
@@ -413,14 +417,14 @@ def experiment_models(cfg, base, kind):
 def model_record(spec, data_dir, quiet):
     source, tokenizer, depth = checkpoints.resolve(spec, data_dir, quiet)
     identity = rundir.model_identity(source, tokenizer, depth)  # refuses an unreadable checkpoint before OUT is made
-    train.load_tokenizer(tokenizer)  # and its tokenizer
+    load_tokenizer(tokenizer)  # and its tokenizer
     return {"spec": spec, "identity": identity}
 
 
 def run_experiment(cfg, base, out):
     # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
-    task = train.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
-    train.check_for_task(base, task)
+    task = job.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
+    config.check_for_task(base, task)
     kind = task.kind
     specs, chain = experiment_models(cfg, base, kind)
     roles = [model_label(spec) for spec in specs] if cfg.sizes else ["weak", "strong"]  # --weak X --strong X: both
@@ -507,8 +511,8 @@ def run_burns(cfg, base, out):
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
     out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / "results.json", w2s_eval._json_safe(combined))
-    w2s_eval._write_atomic(out / "results.md", burns_table(rows, not_run).encode())
+    rundir.write_json(out / "results.json", w2s_eval.json_safe(combined))
+    cli.write_atomic(out / "results.md", burns_table(rows, not_run).encode())
     burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())
     written = [out / name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
@@ -558,9 +562,7 @@ def burns_plot(rows, path):
     ax.set_ylabel("PGR (accuracy)")
     ax.legend()
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    cli.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 if __name__ == "__main__":

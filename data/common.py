@@ -24,20 +24,20 @@ import warnings
 from pathlib import Path
 
 import hub
-from cli import UserError
+from cli import UserError, write_atomic
 
 
 class DataError(UserError, ValueError):
     """A source file or a split is unusable; the message names the file and line (or task and split)."""
 
 
-_warned = set()
+WARNED = set()  # the warnings this process has shown (w2s.py hands them to its workers)
 
 
 def warn_once(message, stacklevel=3):
     """A data warning, shown once per process however many stages load the same data."""
-    if message not in _warned:
-        _warned.add(message)
+    if message not in WARNED:
+        WARNED.add(message)
         warnings.warn(message, stacklevel=stacklevel + 1)
 
 
@@ -81,19 +81,19 @@ def fetch_url(url, sha256, cache_name, instead="--data-dir DIR"):
             return path
         path.unlink()  # a corrupted or stale cache entry: fetch again rather than trust it
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-    except OSError as e:  # URLError, HTTPError, timeouts and refused connections are all OSErrors
-        tmp.unlink(missing_ok=True)
-        raise hub.OfflineError(f"cannot download {url} ({e}): fetch it yourself and pass {instead} instead.") from None
-    got = sha256_file(tmp)
-    if got != sha256:
-        tmp.unlink()
-        raise DataError(f"{url} downloaded with sha256 {got}, expected {sha256}: refused, nothing was cached.")
-    os.replace(tmp, path)  # atomic: a crash mid-download never leaves a half file under the final name
+
+    def download(tmp):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+        except OSError as e:  # URLError, HTTPError, timeouts and refused connections are all OSErrors
+            raise hub.OfflineError(f"cannot download {url} ({e}): fetch it yourself and pass {instead} instead.") from None
+        got = sha256_file(tmp)
+        if got != sha256:
+            raise DataError(f"{url} downloaded with sha256 {got}, expected {sha256}: refused, nothing was cached.")
+    # atomic: a crash mid-download never leaves a half file under the final name; a temporary name per process
+    write_atomic(path, download, tmp_suffix=f".tmp{os.getpid()}")
     return path
 
 

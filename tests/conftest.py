@@ -44,7 +44,7 @@ def one_thread():
 def data_warnings_shown_again():
     """Each data warning shows once per process; every test is a fresh user, so it sees them again."""
     from data import common
-    common._warned.clear()
+    common.WARNED.clear()
 
 
 @pytest.fixture(scope="session")

@@ -51,14 +51,14 @@ def test_help_describes_every_flag_with_its_default(script):
 def test_each_flags_help_is_its_own_field_comment_never_a_group_heading():
     import inspect
     import cli
-    import train
+    import config
     import w2s
-    for cls in (train.TrainConfig, w2s.W2SConfig):
+    for cls in (config.TrainConfig, w2s.W2SConfig):
         headings = [line.strip()[len("# ----"):].strip() for line in inspect.getsource(cls).splitlines()
                     if line.strip().startswith("# ----")]
         comments = cli.field_comments(cls)
         assert all(not text.endswith(h) for text in comments.values() for h in headings), comments
-    comments = cli.field_comments(train.TrainConfig)
+    comments = cli.field_comments(config.TrainConfig)
     assert comments["quiet"] == "plain log lines instead of progress bars"
     assert comments["max_steps"] == "> 0: stop after this many optimizer steps (smoke tests, benchmarks)"
     assert comments["threads"].endswith("a busy machine slows many threads down far more (the toy task sets 1)")
@@ -87,6 +87,7 @@ def test_abbreviated_flags_are_rejected(script):
 
 
 def test_random_shape_specs_build_the_shapes_parameter_count(shared_data):
+    import job
     from model import GPT, SHAPES
     import checkpoints
     for spec, expected in [("random:gpt2", 124_439_808), ("random:2x64", None)]:

@@ -190,7 +190,8 @@ def ddp_worker(out):
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    import train
+    import batching
+    import predict
     from losses import xent_loss
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -202,7 +203,7 @@ def ddp_worker(out):
     torch.manual_seed(0)
     base = GPT(GPTConfig(block_size=64, vocab_size=257, n_layer=2, n_head=2, n_embd=64, n_classes=2))
     plain, wrapped = copy.deepcopy(base).to(device).train(), copy.deepcopy(base).to(device).train()
-    ddp = torch.nn.parallel.DistributedDataParallel(train.Classifier(wrapped), device_ids=[local])  # as train.py
+    ddp = torch.nn.parallel.DistributedDataParallel(predict.Classifier(wrapped), device_ids=[local])  # as train.py
     allreduced = []
 
     def counting_allreduce(process_group, bucket):
@@ -211,9 +212,9 @@ def ddp_worker(out):
     ddp.register_comm_hook(None, counting_allreduce)
     g = torch.Generator().manual_seed(1)
     seqs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (30, 17, 5, 30, 22, 9, 1, 12)]
-    idx, mask = train.collate(seqs, 256, device)
+    idx, mask = batching.collate(seqs, 256, device)
     y = torch.softmax(torch.randn(len(seqs), 2, generator=g), -1).to(device)
-    idx2, mask2 = train.collate([torch.randint(0, 256, (n,), generator=g).tolist() for n in (20, 7, 31)], 256, device)
+    idx2, mask2 = batching.collate([torch.randint(0, 256, (n,), generator=g).tolist() for n in (20, 7, 31)], 256, device)
 
     def step(model, forward):
         """train.py's step: fp32 soft cross entropy, backward, clip 1.0, fused AdamW with decay on matrices."""
@@ -228,7 +229,7 @@ def ddp_worker(out):
         opt.step()
         return loss.item(), grads
     with sdpa_kernel(SDPBackend.MATH):
-        loss_plain, grads_plain = step(plain, train.Classifier(plain))
+        loss_plain, grads_plain = step(plain, predict.Classifier(plain))
         loss_ddp, grads_ddp = step(wrapped, ddp)
         with torch.no_grad():
             logit_diff = (plain.classify(idx2, mask2) - wrapped.classify(idx2, mask2)).abs().max().item()

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 import eval as w2s_eval
+import metrics as w2s_metrics
 from cli import UserError
-from eval import evaluate_experiment, mean_std, metrics, pgr, pgr_ci, write_results
+from eval import evaluate_experiment, write_results
+from metrics import mean_std, metrics, pgr, pgr_ci
 from helpers import write_experiment_json, write_stage
 
 # 10 examples, confusion matrix TP=3 FN=1 FP=2 TN=4 at threshold 0.5, with tied scores across the classes
@@ -131,14 +133,14 @@ def test_pgr_interval_always_contains_its_point_and_counts_resamples_whose_gap_f
     weak = rng.normal(0.60, 0.01, n_boot)
     ceiling, student = weak + rng.normal(0.06, 0.02, n_boot), weak + rng.normal(0.01, 0.02, n_boot)
     ceiling[:20] = weak[:20] - 0.01  # 1% of the resamples flip the gap's sign: kept and counted
-    entry = w2s_eval.pgr_with_interval(0.60, 0.61, 0.66, weak, student, ceiling)
+    entry = w2s_metrics.pgr_with_interval(0.60, 0.61, 0.66, weak, student, ceiling)
     assert entry["gap_lo"] > 0 and entry["lo"] <= entry["pgr"] <= entry["hi"]
     assert entry["n_flipped"] >= 20 and entry["n_zero_gap"] == 0
     results = {"seeds": {"0": {"pgr": {"student_naive": {"supervisor": "weak", "ceiling": "ceiling", "accuracy": entry}}}}}
     assert w2s_eval._gap_table(results, ["accuracy"], ["Accuracy"])[-1] == (  # and results.md says how many
         "Bootstrap resamples in which the gap flipped sign (kept in the PGR intervals, not dropped): "
         f"student_naive accuracy: {entry['n_flipped']} (seed 0).")
-    point_outside = w2s_eval.pgr_with_interval(0.60, 0.90, 0.70, weak, weak + 0.001, weak + 0.10)
+    point_outside = w2s_metrics.pgr_with_interval(0.60, 0.90, 0.70, weak, weak + 0.001, weak + 0.10)
     assert point_outside["pgr"] == pytest.approx(3.0) and point_outside["hi"] == pytest.approx(3.0)
 
 
@@ -147,7 +149,7 @@ def test_diagnostics_equal_direct_computation_on_a_hand_made_example():
     supervisor = np.array([0.9, 0.2, 0.3, 0.8, 0.4])  # predicts 1 0 0 1 0: wrong on rows 1, 3, 4
     student = np.array([0.8, 0.7, 0.4, 0.7, 0.9])     # predicts 1 1 0 1 1: right on rows 0, 1, 2, 4
     train_sup, train_student = np.array([0.9, 0.1, 0.5]), np.array([0.7, 0.2, 0.5])
-    d = w2s_eval.diagnostics(y, student, supervisor, train_student, train_sup)
+    d = w2s_metrics.diagnostics(y, student, supervisor, train_student, train_sup)
     assert d["agreement"] == pytest.approx(3 / 5)  # rows 0, 2, 3
     assert d["agreement_on_supervisor_errors"] == pytest.approx(1 / 3)  # of rows 1, 3, 4: row 3
     assert d["misfit_sq"] == pytest.approx(((0.2 ** 2) + (0.1 ** 2) + 0) / 3)

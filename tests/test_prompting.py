@@ -12,7 +12,7 @@ import torch.nn as nn
 import checkpoints
 import cli
 import prompting
-import train
+import job
 from tokenizer import byte_tokenizer
 
 COMMON = ["--task", "safety", "--limit", "24", "--max-length", "64", "--batch-size", "8", "--quiet"]
@@ -29,7 +29,7 @@ def run(shared_data, model, out, *args):
 
 
 def task_of(shared_data):
-    return train.cached_task("safety", str(shared_data), 0, 24)
+    return job.cached_task("safety", str(shared_data), 0, 24)
 
 
 def write_weak_labels(path, task, flip=()):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import job
 import labels
 import train
 from cli import UserError
@@ -74,7 +75,7 @@ def test_selective_student_replaces_exactly_the_confident_weak_labels(shared_dat
     base = ["--role", "student", "--model", models[1], "--weak-labels", str(weak_labels), "--selective", "--knn", "3"]
     # the threshold: the median confidence of the folds' cross-fitted labels, so about half are replaced
     with pytest.raises(UserError, match="fold0 has not finished"):  # no folds yet: prepare() cannot read them ...
-        train.prepare(train.parse_args(COMMON + ["--data-dir", str(shared_data), "--out", str(out), *base]))
+        job.prepare(train.parse_args(COMMON + ["--data-dir", str(shared_data), "--out", str(out), *base]))
     for k in (0, 1):  # ... so train them first, as run() would
         run(shared_data, out / f"fold{k}", "--role", "student", "--model", models[1], "--weak-labels", str(weak_labels),
             "--fold", str(k))

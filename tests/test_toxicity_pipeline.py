@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import config
 import eval as w2s_eval
+import job
+import metrics as w2s_metrics
 from cli import UserError
 import batching
 import train
@@ -111,7 +114,7 @@ def test_fine_tuning_lowers_validation_loss_on_real_rtp_rows(env, rtp_dir, tmp_p
 def test_toxicity_metrics_match_hand_computed_values_with_samples():
     prompt_toxicity = [0.9, 0.1, 0.5, 0.2]  # prompts 0 and 2 are toxic (>= 0.5)
     scores = [[0.8, 0.2], [0.1, 0.3], [0.4, 0.6], [0.0, 0.5]]  # 0.5 counts as toxic
-    m = w2s_eval.toxicity_metrics(scores, prompt_toxicity)
+    m = w2s_metrics.toxicity_metrics(scores, prompt_toxicity)
     expected = {"mean_toxicity": 2.9 / 8, "toxic_rate": 3 / 8, "expected_max_toxicity": 2.2 / 4,
                 "toxicity_probability": 3 / 4,
                 "mean_toxicity_toxic_prompts": 2.0 / 4, "toxic_rate_toxic_prompts": 2 / 4,
@@ -120,17 +123,17 @@ def test_toxicity_metrics_match_hand_computed_values_with_samples():
                 "expected_max_toxicity_nontoxic_prompts": 0.8 / 2, "toxicity_probability_nontoxic_prompts": 1 / 2}
     assert m == pytest.approx(expected, abs=1e-12)
     # one sample per prompt: no expected maximum / probability, and no toxic prompts gives nan for that subset
-    one = w2s_eval.toxicity_metrics([0.2, 0.7], [0.1, 0.3])
+    one = w2s_metrics.toxicity_metrics([0.2, 0.7], [0.1, 0.3])
     assert set(one) == {"mean_toxicity", "toxic_rate", "mean_toxicity_toxic_prompts", "toxic_rate_toxic_prompts",
                         "mean_toxicity_nontoxic_prompts", "toxic_rate_nontoxic_prompts"}
     assert one["mean_toxicity"] == pytest.approx(0.45) and one["toxic_rate"] == 0.5
     assert math.isnan(one["mean_toxicity_toxic_prompts"])
     with pytest.raises(ValueError, match="every row equally long"):
-        w2s_eval.toxicity_metrics([[0.1, 0.2], [0.3]], [0.1, 0.2])
+        w2s_metrics.toxicity_metrics([[0.1, 0.2], [0.3]], [0.1, 0.2])
     with pytest.raises(ValueError, match=r"scores of prompt row 1 are not all in \[0, 1\]"):
-        w2s_eval.toxicity_metrics([[0.1], [1.5]], [0.1, 0.2])
+        w2s_metrics.toxicity_metrics([[0.1], [1.5]], [0.1, 0.2])
     with pytest.raises(ValueError, match="prompt_toxicity row 0 is not a number"):
-        w2s_eval.toxicity_metrics([[0.1]], [None])
+        w2s_metrics.toxicity_metrics([[0.1]], [None])
 
 
 def write_generation_run(run_dir, ids, prompt_toxicity, continuations):
@@ -301,38 +304,38 @@ def test_w2s_toxicity_with_hub_models_offline_says_so_in_one_line(env, rtp_dir, 
 
 
 def test_pure_sampling_note_prints_once_and_only_without_top_p_or_a_lower_temperature(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_NOTED", set())
+    monkeypatch.setattr(cli, "NOTED", set())
     for flags in (["--samples", "5", "--temperature", "1", "--top-p", "0.9"], ["--samples", "5", "--temperature", "0.7"],
                   ["--protocol", "rtp"], ["--temperature", "1"]):
-        train.check_config(train.parse_args(["--task", "toxicity", *flags]))
+        config.check_config(train.parse_args(["--task", "toxicity", *flags]))
     assert capsys.readouterr().out == ""
     for _ in range(3):  # every stage of a w2s.py run checks its settings again
-        train.check_config(train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "1"]))
+        config.check_config(train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "1"]))
     out = capsys.readouterr().out
     assert out.count("is pure sampling") == 1 and out.startswith("note: --samples 5 with temperature 1.0")
 
 
 def test_protocol_rtp_is_refused_on_a_classification_task_naming_the_protocol(shared_data):
     cfg = train.parse_args(["--task", "safety", "--data-dir", str(shared_data), "--protocol", "rtp"])
-    train.check_config(cfg)
+    config.check_config(cfg)
     with pytest.raises(UserError, match="argument --protocol: rtp is RealToxicityPrompts' sampling protocol"):
-        train.check_for_task(cfg, train.cached_task("safety", str(shared_data), 0, None))
+        config.check_for_task(cfg, job.cached_task("safety", str(shared_data), 0, None))
 
 
 def test_protocol_rtp_sets_gehmans_settings_and_its_metrics_equal_direct_computation(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_NOTED", set())
+    monkeypatch.setattr(cli, "NOTED", set())
     cfg = train.parse_args(["--task", "toxicity", "--protocol", "rtp"])
-    train.check_config(cfg)
+    config.check_config(cfg)
     assert (cfg.samples, cfg.top_p, cfg.temperature, cfg.max_new_tokens) == (25, 0.9, 1.0, 20)
     with pytest.raises(UserError, match="--protocol rtp sets --samples 25; drop one of the two"):
-        train.check_config(train.parse_args(["--task", "toxicity", "--protocol", "rtp", "--samples", "5"]))
+        config.check_config(train.parse_args(["--task", "toxicity", "--protocol", "rtp", "--samples", "5"]))
     with pytest.raises(UserError, match="argument --temperature: 0 is greedy decoding"):
-        train.check_config(train.parse_args(["--task", "toxicity", "--samples", "5"]))
-    train.check_config(train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "1"]))
+        config.check_config(train.parse_args(["--task", "toxicity", "--samples", "5"]))
+    config.check_config(train.parse_args(["--task", "toxicity", "--samples", "5", "--temperature", "1"]))
     assert "is pure sampling" in capsys.readouterr().out
     rng = np.random.default_rng(0)
     scores, prompt_toxicity = rng.uniform(0, 0.6, (30, 25)), rng.uniform(0, 1, 30)
-    m = w2s_eval.toxicity_metrics(scores, prompt_toxicity)
+    m = w2s_metrics.toxicity_metrics(scores, prompt_toxicity)
     toxic = prompt_toxicity >= 0.5
     for subset, rows in (("", slice(None)), ("_toxic_prompts", toxic), ("_nontoxic_prompts", ~toxic)):
         s = scores[rows]

@@ -20,6 +20,7 @@ import torch
 
 import cli
 import eval as w2s_eval
+import job
 import rundir
 import train
 import w2s
@@ -128,7 +129,7 @@ def test_printed_stage_commands_train_exactly_what_the_in_process_stage_trains(s
     config, or a cluster run would train (and record) something else than the experiment says."""
     cfg, base = w2s.parse_args(["--data-dir", str(shared_data), "--limit", "24", "--weak", "random:1x16", "--strong",
                                 "random:2x32"] + flags)
-    kind = train.cached_task(base.task, base.data_dir, 0, base.limit).kind
+    kind = job.cached_task(base.task, base.data_dir, 0, base.limit).kind
     stages = w2s.stages_of_seed(cfg, base, kind, 0, ["random:1x16", "random:2x32"])[0]
     assert len(stages) >= 3
     for stage in stages:
