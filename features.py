@@ -114,7 +114,8 @@ def bottom(model, idx, k, every_depth=False):
     h, depths = None, []
     for d in range(n):
         h, _ = model._run(idx if d == 0 else None, blocks=slice(d, d + 1), x=h)
-        depths.append((h if d == n - 1 else model.final_norm(h))[:, -1])
+        # the last token only, copied: a view would keep every depth's (B, T, n_embd) alive
+        depths.append((h if d == n - 1 else model.final_norm(h))[:, -1].clone())
     return depths
 
 

@@ -100,6 +100,8 @@ class W2SConfig:
     genft_epochs: int = 1       # the genft student's language-model epochs on w2s_train's texts
     sizes: str = ""             # comma-separated models, smallest first: a sweep of every pair weak < strong
     chain: str = ""             # comma-separated intermediate models: weak -> each -> strong (Burns et al.'s bootstrapping)
+    weak_train_layers: str = ""  # the supervisors' own --train-layers (weak, its ensemble members; e.g. all for a
+    # from-scratch weak model under a probed strong one); "" = --train-layers
 
 
 @dataclass
@@ -137,16 +139,17 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
         runs.extend({"name": name, "path": p, "stage": path, "table": table, "model": label.get(model, model)}
                     for name, p in (own | dict(extra_runs)).items())
 
+    supervising = dataclasses.replace(base, train_layers=cfg.weak_train_layers or base.train_layers)
     for weak in models[:-1]:  # every model but the largest supervises
         at = f"{label[weak]}/" if sweep else ""
-        add(f"{at}weak", dataclasses.replace(base, role="weak", model=weak, contrastive="contrastive" in students),
+        add(f"{at}weak", dataclasses.replace(supervising, role="weak", model=weak, contrastive="contrastive" in students),
             extra_runs={f"{at}contrastive": f"{at}weak/contrastive"} if "contrastive" in students else {}, model=weak)
         if ensemble > 1:
             for k in range(ensemble):  # a generation vote decodes with the members: they keep their weights
                 add(f"{at}ensemble/member{k}", dataclasses.replace(
-                    base, role="weak", model=weak, member=k, save_checkpoint=base.save_checkpoint or kind == "generation"),
+                    supervising, role="weak", model=weak, member=k, save_checkpoint=base.save_checkpoint or kind == "generation"),
                     table=False, model=weak)
-            add(f"{at}ensemble", dataclasses.replace(base, role="weak", model=weak, ensemble=ensemble),
+            add(f"{at}ensemble", dataclasses.replace(supervising, role="weak", model=weak, ensemble=ensemble),
                 needs=[f"{at}ensemble/member{k}" for k in range(ensemble)], run=False, model=weak,
                 extra_runs={f"{at}ensemble/{how}": f"{at}ensemble/{how}" for how in ("hard", "soft")})
     for strong in models[1:]:  # every model but the smallest has a ceiling
@@ -239,8 +242,10 @@ def experiment_record(cfg, base, task, scorer_name, models):
     """Everything that changes the numbers: a rerun into the same directory must match it exactly."""
     settings = {k: v for k, v in config.comparable(base).items() if k not in PER_STAGE}
     students = student_names(cfg, task.kind)
-    if "genft" in students:  # the one w2s.py flag that changes a stage's numbers
+    if "genft" in students:  # w2s.py flags that change a stage's numbers
         settings["genft_epochs"] = cfg.genft_epochs
+    if cfg.weak_train_layers:
+        settings["weak_train_layers"] = cfg.weak_train_layers
     settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
@@ -376,6 +381,9 @@ def parse_args(argv=None):
         if not ok:
             raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
     config.check_config(base)
+    if cfg.weak_train_layers not in ("", "all") and not cfg.weak_train_layers.isdigit():
+        raise UserError("argument --weak-train-layers: must be all or a whole number of top blocks >= 0 "
+                        f"(got {cfg.weak_train_layers})")
     return cfg, base
 
 
