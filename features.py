@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -23,8 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 import hub
-from decode import decode, sample
-from model import CheckpointError
+from model import CheckpointError, DecoderLM, positions_and_mask
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -166,7 +165,7 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), kv
 
 
-class Llama(nn.Module):
+class Llama(DecoderLM):
 
     def __init__(self, config):
         super().__init__()
@@ -203,26 +202,6 @@ class Llama(nn.Module):
         n = self.num_params() - (0 if c.tie_word_embeddings else self.embed.weight.numel())
         return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
 
-    def _context(self, B, T, device, attention_mask, cache):
-        """What every block needs beside its input: (rope, mask), from the positions of the real tokens."""
-        past_len = cache[0][0].size(2) if cache else 0
-        if past_len + T > self.config.block_size:
-            raise ValueError(f"sequence length {past_len + T} exceeds block_size {self.config.block_size}")
-        if attention_mask is None and not cache:
-            pos, mask = torch.arange(T, device=device)[None], None
-        else:
-            if attention_mask is None:
-                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=device)
-            if tuple(attention_mask.shape) != (B, past_len + T):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)}")
-            real = attention_mask.bool()
-            pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past_len:]
-            q = torch.arange(past_len, past_len + T, device=device)[:, None]
-            k = torch.arange(past_len + T, device=device)[None, :]
-            # causal AND key is real; every query also sees itself so that pad queries get no all-masked (NaN) row
-            mask = ((k <= q) & real[:, None, None, :]) | (k == q)  # (B, 1, T, past_len + T)
-        return pos, mask
-
     def _run(self, idx, attention_mask=None, cache=None, blocks=slice(None), x=None):
         """Final hidden states (B, T, n_embd), and with `cache` (a list: empty at first, then what the previous call
         returned) the per-layer (k, v) so far. With a non-empty cache, `idx` holds only the new tokens while
@@ -232,7 +211,8 @@ class Llama(nn.Module):
         output, without the final norm."""
         B, T = idx.shape if x is None else x.shape[:2]
         device = idx.device if x is None else x.device
-        pos, mask = self._context(B, T, device, attention_mask, cache)
+        pos, mask = positions_and_mask(B, T, attention_mask, cache, device, self.config.block_size)
+        pos = pos if pos.dim() == 2 else pos[None]
         start, stop, _ = blocks.indices(len(self.blocks))
         if start == 0:
             x = self.embed(idx)
@@ -259,42 +239,6 @@ class Llama(nn.Module):
         self.blocks = self.blocks[:depth]
         self.config.n_layer = depth
         return self
-
-    def hidden(self, idx, attention_mask=None):
-        return self._run(idx, attention_mask)[0]
-
-    def forward(self, idx, attention_mask=None, targets=None):
-        logits = self.lm_head(self.hidden(idx, attention_mask))
-        loss = None
-        if targets is not None:  # targets[:, t] is the token that should follow idx[:, t]; -100 = ignored
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
-
-    def classify(self, idx, attention_mask=None):
-        """Class logits (B, n_classes) from the hidden state of each row's last real token."""
-        if self.score is None:
-            raise ValueError("classify needs a classification head: build the model with n_classes > 0")
-        h = self.hidden(idx, attention_mask)
-        if attention_mask is None:
-            return self.score(h[:, -1])
-        positions = torch.arange(idx.size(1), device=idx.device)
-        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # rightmost real token
-        if (last < 0).any():
-            raise ValueError(f"classify: rows {(last < 0).nonzero().flatten().tolist()} have no real tokens (attention_mask all 0)")
-        return self.score(h[torch.arange(idx.size(0), device=idx.device), last])
-
-    @torch.no_grad()
-    def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None, top_p=None,
-                 eos_token=None, generator=None):
-        """Continue left-padded prompts, exactly as GPT.generate: decode.py's loop with one model."""
-        return decode([self], idx, attention_mask, sample(temperature, top_k, top_p, generator), max_new_tokens,
-                      eos_token)
-
-    def next_token_logits(self, idx, attention_mask, cache):
-        """One decoding step, what decode.py needs of a model: float32 logits (B, vocab_size) of the token after each
-        row, and the grown KV cache (start with []; after that `idx` holds only the new tokens, as in _run)."""
-        h, cache = self._run(idx, attention_mask, cache)
-        return self.lm_head(h[:, -1]).float(), cache
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints in the Hugging Face layout

@@ -95,7 +95,73 @@ class Block(nn.Module):
         return self.ln_2(x + self.mlp(x)), kv
 
 
-class GPT(nn.Module):
+def positions_and_mask(B, T, attention_mask, cache, device, block_size):
+    """Each new token's position and the attention mask (None: no padding and no cache, plain causal attention,
+    which lets SDPA use the flash kernel), for both model families. Positions count real tokens only (cumsum of
+    the mask - 1), so left or right padding never changes the outputs of real tokens."""
+    past_len = cache[0][0].size(2) if cache else 0
+    if past_len + T > block_size:
+        raise ValueError(f"sequence length {past_len + T} exceeds block_size {block_size}")
+    if attention_mask is None and not cache:
+        return torch.arange(T, device=device), None
+    if attention_mask is None:
+        attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=device)
+    if tuple(attention_mask.shape) != (B, past_len + T):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)}")
+    real = attention_mask.bool()
+    pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past_len:]
+    q = torch.arange(past_len, past_len + T, device=device)[:, None]
+    k = torch.arange(past_len + T, device=device)[None, :]
+    # causal AND key is real; every query also sees itself so that pad queries get no all-masked (NaN) row
+    return pos, ((k <= q) & real[:, None, None, :]) | (k == q)  # (B, 1, T, past_len + T)
+
+
+class DecoderLM(nn.Module):
+    """What every model family offers train.py, the decoders and the votes, on top of its own _run (final hidden
+    states and KV cache), lm_head and score: the LM logits and loss, the classification head on the last real
+    token, generation (decode.py's loop with one model) and one decoding step."""
+
+    def hidden(self, idx, attention_mask=None):
+        return self._run(idx, attention_mask)[0]
+
+    def forward(self, idx, attention_mask=None, targets=None):
+        logits = self.lm_head(self.hidden(idx, attention_mask))
+        loss = None
+        if targets is not None:  # targets[:, t] is the token that should follow idx[:, t]; -100 = ignored
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def classify(self, idx, attention_mask=None):
+        """Class logits (B, n_classes) from the hidden state of each row's last real token."""
+        if self.score is None:
+            raise ValueError("classify needs a classification head: build the model with n_classes > 0")
+        h = self.hidden(idx, attention_mask)
+        if attention_mask is None:
+            return self.score(h[:, -1])
+        positions = torch.arange(idx.size(1), device=idx.device)
+        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # rightmost real token
+        if (last < 0).any():
+            raise ValueError(f"classify: rows {(last < 0).nonzero().flatten().tolist()} have no real tokens (attention_mask all 0)")
+        return self.score(h[torch.arange(idx.size(0), device=idx.device), last])
+
+    @torch.no_grad()
+    def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None, top_p=None,
+                 eos_token=None, generator=None):
+        """Continue left-padded prompts; returns prompt + new tokens (B, T + max_new_tokens). Rows that emitted
+        eos_token keep emitting it; when all rows are done the rest is filled with eos_token. Temperature 0 is greedy.
+        The one-model case of decode.py's loop, where the rules for several models (votes, contrastive) are too."""
+        return decode([self], idx, attention_mask, sample(temperature, top_k, top_p, generator), max_new_tokens,
+                      eos_token)
+
+    def next_token_logits(self, idx, attention_mask, cache):
+        """One decoding step, what decode.py needs of a model: float32 logits (B, vocab_size) of the token after each
+        row, and the grown KV cache (start with []; after that `idx` holds only the new tokens, as in _run)."""
+        h, cache = self._run(idx, attention_mask, cache)
+        return self.lm_head(h[:, -1]).float(), cache
+
+
+
+class GPT(DecoderLM):
 
     def __init__(self, config):
         super().__init__()
@@ -139,22 +205,7 @@ class GPT(nn.Module):
         output, without the final LayerNorm."""
         B, T = idx.shape if x is None else x.shape[:2]
         device = idx.device if x is None else x.device
-        past_len = cache[0][0].size(2) if cache else 0
-        if past_len + T > self.config.block_size:
-            raise ValueError(f"sequence length {past_len + T} exceeds block_size {self.config.block_size}")
-        if attention_mask is None and not cache:
-            pos, mask = torch.arange(T, device=device), None
-        else:
-            if attention_mask is None:
-                attention_mask = torch.ones(B, past_len + T, dtype=torch.long, device=device)
-            if tuple(attention_mask.shape) != (B, past_len + T):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past_len + T)}")
-            real = attention_mask.bool()
-            pos = (real.long().cumsum(1) - 1).clamp(min=0)[:, past_len:]
-            q = torch.arange(past_len, past_len + T, device=device)[:, None]
-            k = torch.arange(past_len + T, device=device)[None, :]
-            # causal AND key is real; every query also sees itself so that pad queries get no all-masked (NaN) row
-            mask = ((k <= q) & real[:, None, None, :]) | (k == q)  # (B, 1, T, past_len + T)
+        pos, mask = positions_and_mask(B, T, attention_mask, cache, device, self.config.block_size)
         start, stop, _ = blocks.indices(len(self.transformer.h))
         if start == 0:
             x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
@@ -192,44 +243,6 @@ class GPT(nn.Module):
         self.transformer.h = self.transformer.h[:depth]
         self.config.n_layer = depth
         return self
-
-    def hidden(self, idx, attention_mask=None):
-        return self._run(idx, attention_mask)[0]
-
-    def forward(self, idx, attention_mask=None, targets=None):
-        logits = self.lm_head(self.hidden(idx, attention_mask))
-        loss = None
-        if targets is not None:  # targets[:, t] is the token that should follow idx[:, t]; -100 = ignored
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
-
-    def classify(self, idx, attention_mask=None):
-        """Class logits (B, n_classes) from the hidden state of each row's last real token."""
-        if self.score is None:
-            raise ValueError("classify needs a classification head: build the model with n_classes > 0")
-        h = self.hidden(idx, attention_mask)
-        if attention_mask is None:
-            return self.score(h[:, -1])
-        positions = torch.arange(idx.size(1), device=idx.device)
-        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # rightmost real token
-        if (last < 0).any():
-            raise ValueError(f"classify: rows {(last < 0).nonzero().flatten().tolist()} have no real tokens (attention_mask all 0)")
-        return self.score(h[torch.arange(idx.size(0), device=idx.device), last])
-
-    @torch.no_grad()
-    def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None, top_p=None,
-                 eos_token=None, generator=None):
-        """Continue left-padded prompts; returns prompt + new tokens (B, T + max_new_tokens). Rows that emitted
-        eos_token keep emitting it; when all rows are done the rest is filled with eos_token. Temperature 0 is greedy.
-        The one-model case of decode.py's loop, where the rules for several models (votes, contrastive) are too."""
-        return decode([self], idx, attention_mask, sample(temperature, top_k, top_p, generator), max_new_tokens,
-                      eos_token)
-
-    def next_token_logits(self, idx, attention_mask, cache):
-        """One decoding step, what decode.py needs of a model: float32 logits (B, vocab_size) of the token after each
-        row, and the grown KV cache (start with []; after that `idx` holds only the new tokens, as in _run)."""
-        h, cache = self._run(idx, attention_mask, cache)
-        return self.lm_head(h[:, -1]).float(), cache
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints in the Hugging Face layout
