@@ -445,21 +445,27 @@ def classify_parity(section, ours, hf, pad=PAD):
 def section_generate(ctx):
     """greedy generation of left-padded prompts with a KV cache, no eos: every row gets --new-tokens
     ref: transformers GPT2LMHeadModel.generate(do_sample=False), same weights and autocast"""
-    S, c, dev = "generate", ctx.cfg, ctx.device
+    c = ctx.cfg
     ours, hf = ctx.ours(c["shape"]).eval(), ctx.hf(transformers.GPT2LMHeadModel, c["shape"]).eval()
+    return greedy_rows(ctx, "generate", ours, hf, PAD, "")
+
+
+def greedy_rows(ctx, S, ours, hf, pad, label):
+    """The parity and timing rows of greedy generation, ours vs transformers' generate, for either family."""
+    c, dev = ctx.cfg, ctx.device
     hf.generation_config.eos_token_id = None
     GB, PL, N = c["gen_batch"], c["prompt_len"], c["new_tokens"]
     g = torch.Generator().manual_seed(2)
     lengths = torch.linspace(max(1, PL // 4), PL, GB).long()
-    prompts = torch.randint(0, PAD, (GB, PL), generator=g)
+    prompts = torch.randint(0, pad, (GB, PL), generator=g)
     mask = (torch.arange(PL)[None, :] >= PL - lengths[:, None]).long()
-    prompts, mask = prompts.masked_fill(mask == 0, PAD).to(dev), mask.to(dev)
+    prompts, mask = prompts.masked_fill(mask == 0, pad).to(dev), mask.to(dev)
 
     def ours_generate():
         return ours.generate(prompts, attention_mask=mask, max_new_tokens=N)
 
     def hf_generate():
-        return hf.generate(input_ids=prompts, attention_mask=mask, max_new_tokens=N, do_sample=False, pad_token_id=PAD)
+        return hf.generate(input_ids=prompts, attention_mask=mask, max_new_tokens=N, do_sample=False, pad_token_id=pad)
     with torch.no_grad():
         with exact_fp32():  # equality in fp32: bf16 rounding differs between the two and flips near-tied argmaxes
             a, b = ours_generate(), hf_generate()
@@ -469,7 +475,7 @@ def section_generate(ctx):
     agree = (a[:, PL:] == b[:, PL:]).float().mean().item()
     return [check_row(S, "parity: greedy outputs equal, share of new tokens that agree (fp32)", agree,
                       torch.equal(a, b)),
-            timing_row(S, f"{GB} prompts of {lengths[0]}-{PL} tokens, +{N} new", t["ours"], t["ref"],
+            timing_row(S, f"{label}{GB} prompts of {lengths[0]}-{PL} tokens, +{N} new", t["ours"], t["ref"],
                        work=GB * N, unit="tokens/s")]
 
 
@@ -826,34 +832,9 @@ def section_llama_train(ctx):
 def section_llama_generate(ctx):
     """Llama: greedy generation of left-padded prompts with a KV cache, no eos: every row gets --new-tokens
     ref: transformers LlamaForCausalLM.generate(do_sample=False), same weights and autocast"""
-    S, c, dev, shape = "llama-generate", ctx.cfg, ctx.device, ctx.cfg["llama_shape"]
+    shape = ctx.cfg["llama_shape"]
     ours, hf = llama_pair(ctx, transformers.LlamaForCausalLM, shape, n_classes=0)
-    ours.eval()
-    hf.eval()
-    hf.generation_config.eos_token_id = None
-    pad, GB, PL, N = llama_pad(shape), c["gen_batch"], c["prompt_len"], c["new_tokens"]
-    g = torch.Generator().manual_seed(2)
-    lengths = torch.linspace(max(1, PL // 4), PL, GB).long()
-    prompts = torch.randint(0, pad, (GB, PL), generator=g)
-    mask = (torch.arange(PL)[None, :] >= PL - lengths[:, None]).long()
-    prompts, mask = prompts.masked_fill(mask == 0, pad).to(dev), mask.to(dev)
-
-    def ours_generate():
-        return ours.generate(prompts, attention_mask=mask, max_new_tokens=N)
-
-    def hf_generate():
-        return hf.generate(input_ids=prompts, attention_mask=mask, max_new_tokens=N, do_sample=False, pad_token_id=pad)
-    with torch.no_grad():
-        with exact_fp32():  # equality in fp32: bf16 rounding differs between the two and flips near-tied argmaxes
-            a, b = ours_generate(), hf_generate()
-        with ctx.autocast:
-            ours_generate(), hf_generate()  # warm-up
-            t = ctx.time({"ours": ours_generate, "ref": hf_generate})
-    agree = (a[:, PL:] == b[:, PL:]).float().mean().item()
-    return [check_row(S, "parity: greedy outputs equal, share of new tokens that agree (fp32)", agree,
-                      torch.equal(a, b)),
-            timing_row(S, f"{llama_label(shape, None)}: {GB} prompts of {lengths[0]}-{PL} tokens, +{N} new",
-                       t["ours"], t["ref"], work=GB * N, unit="tokens/s")]
+    return greedy_rows(ctx, "llama-generate", ours.eval(), hf.eval(), llama_pad(shape), f"{llama_label(shape, None)}: ")
 
 
 def trunk_model(ctx):
