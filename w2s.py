@@ -43,6 +43,7 @@ import cli
 import config
 import eval as w2s_eval
 import job
+import report
 import rundir
 import runtime
 import train
@@ -507,62 +508,17 @@ def run_burns(cfg, base, out):
                 if summary["n_seeds"] == 1:  # one seed: its bootstrap CI (or why there is none)
                     entry = next(iter(res["seeds"].values()))["pgr"][student]["accuracy"]
                     row[student + "_pgr"] = dict(row[student + "_pgr"], lo=entry["lo"], hi=entry["hi"],
-                                                 text=w2s_eval.pgr_text(entry))
+                                                 text=report.pgr_text(entry))
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / "results.json", w2s_eval.json_safe(combined))
-    cli.write_atomic(out / "results.md", burns_table(rows, not_run).encode())
-    burns_plot(rows, out / "results.png")
+    cli.write_atomic(out / "results.md", report.burns_table(rows, not_run).encode())
+    report.burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())
     written = [out / name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
     print(f"results: {', '.join(map(str, written))}", flush=True)
     return combined
-
-
-def burns_table(rows, not_run):
-    def cell(v):
-        if v is None:
-            return ""
-        if v.get("text"):
-            return v["text"]
-        if v.get("mean") is None:
-            return "n/a"
-        return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v.get("std") is not None else "")
-    lines = ["# Burns et al. tasks: test accuracy and PGR (accuracy), naive vs auxiliary confidence loss", "",
-             "PGR = (student - weak) / (ceiling - weak); [95% paired-bootstrap CI] for one seed, ± std over seeds; "
-             "n/a where the ceiling is not clearly better than the weak model.", "",
-             "| Task | Weak | Ceiling | Naive | PGR naive | Logconf | PGR logconf |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['task']} | {cell(r['weak'])} | {cell(r['ceiling'])} | {cell(r.get('student_naive'))} | "
-                     f"{cell(r.get('student_naive_pgr'))} | {cell(r.get('student_logconf'))} | {cell(r.get('student_logconf_pgr'))} |")
-    for task, why in not_run.items():
-        lines.append(f"| {task} | not run: {why} | | | | | |")
-    return "\n".join(lines) + "\n"
-
-
-def burns_plot(rows, path):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return  # the table and JSON carry the numbers; the plot is optional ([plot] extra)
-    import numpy as np
-    fig = Figure(figsize=(1.6 * max(3, len(rows)) + 2, 3.5))
-    ax = fig.subplots()
-    x = np.arange(len(rows))
-    for k, (student, label) in enumerate((("student_naive_pgr", "naive"), ("student_logconf_pgr", "logconf"))):
-        vals = [r.get(student) or {"mean": np.nan} for r in rows]
-        means = np.array([v["mean"] if v["mean"] is not None else np.nan for v in vals], dtype=float)
-        lo = [m - v["lo"] if v.get("lo") is not None else (v.get("std") or 0) for m, v in zip(means, vals)]
-        hi = [v["hi"] - m if v.get("hi") is not None else (v.get("std") or 0) for m, v in zip(means, vals)]
-        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=np.clip(np.nan_to_num(np.array([lo, hi], dtype=float)), 0, None),
-               capsize=3, label=label)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, [r["task"] for r in rows])
-    ax.set_ylabel("PGR (accuracy)")
-    ax.legend()
-    fig.tight_layout()
-    cli.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 if __name__ == "__main__":
