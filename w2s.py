@@ -10,11 +10,12 @@ A whole weak-to-strong experiment in one command, resumable, into one run direct
     python w2s.py --task safety --print-commands    # the train.py command of every stage, in dependency order
     python w2s.py --task safety --jobs 4            # independent stages in 4 worker processes (one GPU each)
 
-Stages for every seed (each one a train.py run; a finished stage is skipped on rerun):
+Stages for every seed (each one a train.py run; a finished stage is skipped on rerun; stages.py builds them, this
+file runs them, one after another or in --jobs worker processes):
     weak                 weak model on weak_train ground truth; its predictions on w2s_train are the weak labels
     ensemble/member0..K  bootstrap-resampled weak models, and their hard / soft votes (ensemble/hard, ensemble/soft)
     ceiling              strong model on w2s_train ground truth
-    student_<method>     strong model on weak labels, one per --students method (STUDENTS below; --students all):
+    student_<method>     strong model on weak labels, one per --students method (stages.STUDENTS; --students all):
                          naive, logconf, entropy, product, window (losses), hard, soft, learned (the ensemble),
                          selective (cross-fitted, with student_selective/fold0, fold1), genft (LM warm start first)
 Generation tasks (toxicity) have the students naive, hard and soft (the ensemble's members decode together, token by
@@ -30,7 +31,6 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
-import re
 import shutil
 import sys
 import time
@@ -50,37 +50,10 @@ import train
 from cli import UserError
 from data import TASKS
 from data import common as data_common
+from stages import PER_STAGE, command, model_label, stage_cfg, stages_of_seed, student_names
 from tokenizer import load_tokenizer
 
-ROOT = Path(__file__).resolve().parent
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
-# student name -> (the run it is compared with for PGR, train.py settings of its own); losses.py and labels.py
-# hold the methods, train.py --help their flags
-STUDENTS = {
-    "naive": ("weak", {}),                           # cross entropy on the weak labels
-    "logconf": ("weak", {"loss": "logconf"}),        # Burns et al.'s auxiliary confidence loss
-    "entropy": ("weak", {"loss": "entropy"}),        # logconf without hardening (EleutherAI/w2s)
-    "product": ("weak", {"loss": "product"}),        # openai/weak-to-strong's product loss
-    "window": ("weak", {"loss": "window"}),          # EleutherAI/w2s's confidence window
-    "hard": ("ensemble/hard", {}),                   # the bootstrap ensemble's majority vote
-    "soft": ("ensemble/soft", {}),                   # its mean probabilities
-    "learned": ("ensemble/soft", {"learned": True}),  # its members mixed by learned weights (RAVEN); PGR against
-    #                                                  the uniform mix of the same members
-    "selective": ("weak", {"selective": True}),      # Selective W2SG, cross-fitted (labels.py)
-    "genft": ("weak", {}),                           # generative fine-tuning on w2s_train's texts first (Burns et al.)
-    "contrastive": ("contrastive", {}),              # generation: ConG's contrastive decoding of the weak model
-    #                                                  (weak/contrastive, written by the weak stage)
-}
-ENSEMBLE_STUDENTS = ("hard", "soft", "learned")
-GENERATION_STUDENTS = ("naive", "hard", "soft", "contrastive")  # votes decode token by token (generation.py)
-CLASSIFICATION_STUDENTS = tuple(s for s in STUDENTS if s != "contrastive")
-# train.py flags that w2s.py sets per stage; every other train.py flag applies to every stage as given
-PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "member", "ensemble", "loss", "learned",
-             "selective", "fold", "genft_epochs")
-# train.py flags that only some students read: other stages keep the defaults, so changing one reruns only those
-KNOBS = {"aux_coef": ("logconf", "entropy"), "aux_warmup": ("logconf", "entropy"), "aux_schedule": ("logconf", "entropy"),
-         "product_alpha": ("product",), "product_beta": ("product",), "window_radius": ("window",),
-         "member_lr": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
 
 
 @dataclass
@@ -92,7 +65,7 @@ class W2SConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # experiment seeds (splits, inits, batch order)
     out: str = ""               # run directory; "" = runs/<task>
     overwrite: bool = False     # delete the experiment already in --out (its stages and results) before starting
-    students: str = "naive,logconf,hard,soft"  # comma-separated students (see STUDENTS in w2s.py), or all
+    students: str = "naive,logconf,hard,soft"  # comma-separated students (see STUDENTS in stages.py), or all
     n_boot: int = 1000          # bootstrap resamples for the PGR confidence intervals
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
     scorer: Literal["", "offline", "perspective"] = ""  # toxicity scorer; "" = perspective with a key, else offline
@@ -103,128 +76,8 @@ class W2SConfig:
     chain: str = ""             # comma-separated intermediate models: weak -> each -> strong (Burns et al.'s bootstrapping)
 
 
-@dataclass
-class Stage:
-    path: str                   # the stage's directory, relative to OUT (e.g. seed0/student_naive)
-    cfg: config.TrainConfig
-    needs: list                 # paths of the stages whose outputs it reads
-    scored: list = field(default_factory=list)  # generation: its runs whose test continuations get scores.json
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# the experiment: its stages, and what eval.py compares
-
-def stages_of_seed(cfg, base, kind, seed, models, chain=()):
-    """The stages of one seed in dependency order, the runs eval.py evaluates and the student comparisons (named
-    relative to the seed directory). `models` are model specs, smallest first: one pair [weak, strong] (flat layout:
-    weak/, ceiling/, student_naive/), or a sweep, where every model but the largest supervises (<label>/weak,
-    <label>/ensemble), every model but the smallest has a ceiling (<label>/ceiling), and every pair weak < strong has
-    its students (<weak>__<strong>/student_naive, ...), each model trained once and reused by every pair. `chain`:
-    intermediate models for Burns et al.'s bootstrapping, weak -> chain[0] -> ... -> strong (chain/1_<label>, ...)."""
-    seed_dir = f"seed{seed}"
-    students = student_names(cfg, kind)
-    knobs = dataclasses.asdict(base)
-    base = dataclasses.replace(base, seed=seed, **{k: getattr(config.TrainConfig, k) for k in KNOBS})
-    ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
-    sweep = bool(cfg.sizes)
-    label = {m: model_label(m) for m in list(models) + list(chain)}
-    stages, runs, comparisons = [], [], []
-
-    def add(path, stage_cfg, needs=(), run=True, table=True, extra_runs=(), model=None):
-        """A stage; its own run (and `extra_runs`: {name: path} of runs it writes below itself) for eval.py."""
-        own = {path: path} if run else {}
-        stages.append(Stage(f"{seed_dir}/{path}", dataclasses.replace(stage_cfg, out=""), [f"{seed_dir}/{n}" for n in needs],
-                            [f"{seed_dir}/{p}" for p in (own | dict(extra_runs)).values()] if kind == "generation" else []))
-        runs.extend({"name": name, "path": p, "stage": path, "table": table, "model": label.get(model, model)}
-                    for name, p in (own | dict(extra_runs)).items())
-
-    for weak in models[:-1]:  # every model but the largest supervises
-        at = f"{label[weak]}/" if sweep else ""
-        add(f"{at}weak", dataclasses.replace(base, role="weak", model=weak, contrastive="contrastive" in students),
-            extra_runs={f"{at}contrastive": f"{at}weak/contrastive"} if "contrastive" in students else {}, model=weak)
-        if ensemble > 1:
-            for k in range(ensemble):  # a generation vote decodes with the members: they keep their weights
-                add(f"{at}ensemble/member{k}", dataclasses.replace(
-                    base, role="weak", model=weak, member=k, save_checkpoint=base.save_checkpoint or kind == "generation"),
-                    table=False, model=weak)
-            add(f"{at}ensemble", dataclasses.replace(base, role="weak", model=weak, ensemble=ensemble),
-                needs=[f"{at}ensemble/member{k}" for k in range(ensemble)], run=False, model=weak,
-                extra_runs={f"{at}ensemble/{how}": f"{at}ensemble/{how}" for how in ("hard", "soft")})
-    for strong in models[1:]:  # every model but the smallest has a ceiling
-        add(f"{label[strong]}/ceiling" if sweep else "ceiling", dataclasses.replace(base, role="ceiling", model=strong),
-            model=strong)
-    for i, weak in enumerate(models):
-        for strong in models[i + 1:]:
-            at_weak, at_strong = (f"{label[weak]}/", f"{label[strong]}/") if sweep else ("", "")
-            at_pair = f"{label[weak]}__{label[strong]}/" if sweep else ""
-            for s in students:
-                supervisor, settings = STUDENTS[s]
-                settings = settings | {k: knobs[k] for k, users in KNOBS.items() if s in users}
-                settings |= {"genft_epochs": cfg.genft_epochs} if s == "genft" else {}
-                source = "weak/contrastive" if s == "contrastive" else supervisor
-                labels = f"{seed_dir}/{at_weak}ensemble" if s == "learned" else f"{seed_dir}/{at_weak}{source}/predictions.json"
-                student = dataclasses.replace(base, role="student", model=strong, weak_labels=labels, **settings)
-                needs = [at_weak + ("ensemble" if supervisor.startswith("ensemble/") else "weak" if s == "contrastive"
-                                    else supervisor)]
-                if s == "selective":  # its cross-fitting folds are stages of their own
-                    for k in (0, 1):
-                        add(f"{at_pair}student_selective/fold{k}", dataclasses.replace(student, selective=False, fold=k),
-                            needs, run=False, model=strong)
-                    needs = [f"{at_pair}student_selective/fold{k}" for k in (0, 1)]
-                add(f"{at_pair}student_{s}", student, needs, model=strong)
-                comparisons.append({"name": f"{at_pair}student_{s}", "supervisor": at_weak + supervisor,
-                                    "ceiling": f"{at_strong}ceiling", "trained_on": at_weak + supervisor, "method": s,
-                                    "pair": [label[weak], label[strong]]})
-    if chain:
-        chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, "naive" in students)
-    if not sweep:  # a pair's table reads supervisors, then students, then the ceiling
-        order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students]
-        runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order) + (r["name"] == "ceiling"))
-    return stages, runs, comparisons
-
-
-def chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, naive):
-    """Burns et al.'s bootstrapping: the weak model's labels train chain[0], whose predictions on w2s_train train
-    chain[1], ..., and finally the strong model; its row is compared (PGR) with the original weak model and the
-    strong ceiling. In a sweep that has the naive student weak -> chain[0], that student is the first step (the same
-    training), so it is not trained twice."""
-    path = [models[0], *chain, models[-1]]
-    at = (lambda m: f"{label[m]}/") if sweep else (lambda m: "")
-    previous = trained_on = f"{at(path[0])}weak"
-    name = "chain:" + ">".join(label[m] for m in path)
-    for i, model in enumerate(path[1:], start=1):
-        stage, last = f"chain/{i}_{label[model]}", i == len(path) - 1
-        if i == 1 and not last and sweep and naive and model in models[1:]:
-            trained_on, previous = previous, f"{label[path[0]]}__{label[model]}/student_naive"
-            continue
-        add(stage, dataclasses.replace(base, role="student", model=model,
-                                       weak_labels=f"{seed_dir}/{previous}/predictions.json"), [previous], model=model,
-            run=not last, extra_runs={name: stage} if last else {})
-        trained_on, previous = previous, stage
-    comparisons.append({"name": name, "supervisor": f"{at(path[0])}weak", "ceiling": f"{at(path[-1])}ceiling",
-                        "trained_on": trained_on, "method": "chain", "pair": [label[path[0]], label[path[-1]]]})
-
-
-def model_label(spec):
-    """A short, path-safe name for a model in a sweep's layout and tables: toy-s, gpt2-medium, random-2x64, a
-    directory's own name."""
-    local = Path(spec).expanduser()
-    name = local.name if local.is_dir() else spec
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
-
-
-def student_names(cfg, kind):
-    """The students of --students (all = every one) that apply: generation tasks have their own, and the
-    ensemble students need --ensemble > 1."""
-    names = list(STUDENTS) if cfg.students == "all" else [s for s in cfg.students.split(",") if s]
-    unknown = [s for s in names if s not in STUDENTS]
-    if unknown or not names:
-        raise UserError(f"argument --students: unknown {unknown or 'empty list'}; choose from all, {', '.join(STUDENTS)}")
-    names = [s for s in names if s in (GENERATION_STUDENTS if kind == "generation" else CLASSIFICATION_STUDENTS)]
-    if cfg.ensemble <= 1:
-        names = [s for s in names if s not in ENSEMBLE_STUDENTS]
-    return names
-
+# the experiment: what experiment.json records and results.md's header describes
 
 def describe(cfg, base, task, models):
     """What results.md's header says the numbers come from."""
@@ -250,22 +103,6 @@ def experiment_record(cfg, base, task, scorer_name, models):
 
 # ----------------------------------------------------------------------------------------------------------------
 # running stages
-
-def stage_cfg(stage, out):
-    """The train.py config of a stage with its paths under OUT."""
-    cfg = dataclasses.replace(stage.cfg, out=str(out / stage.path))
-    if cfg.weak_labels:
-        cfg.weak_labels = str(out / cfg.weak_labels)
-    return cfg
-
-
-def command(stage, out, python="python"):
-    """The train.py command line that runs `stage` on its own (what --jobs runs and --print-commands prints)."""
-    cfg = stage_cfg(stage, out)
-    script = "train.py" if Path.cwd() == ROOT else str(ROOT / "train.py")
-    defaults = train.parse_args(["--task", cfg.task])  # the task's own defaults apply to train.py's flags
-    return [python, script, "--task", cfg.task] + cli.flags_of(cfg, defaults, skip=("task",))
-
 
 def marker(out, stage):
     """What says a stage is done: its metrics.json's (size, mtime), or None."""
