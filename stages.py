@@ -3,10 +3,10 @@ The stage graph of one seed: which train.py runs an experiment is made of, what 
 directory, which runs eval.py evaluates and which student is compared with which supervisor and ceiling. w2s.py
 runs the stages (its scheduler and worker pool); nothing here trains or reads a file.
 
-    weak, ensemble/member0..K, ensemble    a supervisor (weak_stages): the weak model, its bootstrap members, their votes
+    weak, ensemble/member0..K, ensemble    a supervisor (weak_stages): the weak model, its members, their votes
     ceiling                                a strong model on ground truth
     student_<method>                       a strong model on a supervisor's labels (student_stage; STUDENTS below)
-    chain/1_<label>, ...                   Burns et al.'s bootstrapping, weak -> chain[0] -> ... -> strong (chain_stages)
+    chain/1_<label>, ...                   Burns et al.'s bootstrapping, weak -> chain -> strong (chain_stages)
 
 A pair has the flat layout (seed0/weak, seed0/ceiling, seed0/student_naive); a sweep (--sizes) puts each model's own
 stages under its label and each pair's students under <weak>__<strong> (Layout), so every model trains once.
