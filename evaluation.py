@@ -2,7 +2,7 @@
 Evaluation of a whole run directory written by w2s.py: read every stage's predictions (checked), score generation
 runs' continuations, compute each run's metrics and each student's PGR with its paired-bootstrap interval and
 diagnostics (the numbers themselves: metrics.py), and write results.json; its markdown tables and plots are
-report.py's.
+report.py's. The command is eval.py, a thin entry point to this file (`eval` is Python's built-in).
 
     python eval.py runs/safety                      # prints the table, writes results.json / .md / .png
     python eval.py runs/safety runs/legal --n-boot 2000
@@ -177,7 +177,7 @@ def _load_scored_runs(seed_dir, listed, scorers, skipped):
             ids, scorer, digest = [str(i) for i in saved["ids"]], saved["scorer"], saved["continuations_sha256"]
             scores, prompt_toxicity = saved["scores"], saved["prompt_toxicity"]
         except (KeyError, TypeError) as e:
-            raise UserError(f"{path}: not a scores file written by eval.score_run ({e!r})") from None
+            raise UserError(f"{path}: not a scores file written by evaluation.score_run ({e!r})") from None
         if continuations_sha256(predictions["test"]) != digest:
             raise UserError(f"{path} scores other continuations than {predictions_path} holds (the run was redone after "
                             f"scoring): delete {path} and rerun w2s.py to score it again")

@@ -1,8 +1,8 @@
 """
 The numbers of a weak-to-strong experiment, pure numpy: classification metrics, one paired bootstrap, PGR with its
 interval, mean ± std over seeds, the diagnostics that explain a student, and the toxicity metrics of generated
-continuations. Training (train.py, ensemble.py) and the evaluation (eval.py) both import them from here, so a run's own
-metrics.json and the experiment's results.json compute the same numbers with the same code.
+continuations. Training (train.py, ensemble.py) and the evaluation (evaluation.py) both import them from here, so a
+run's own metrics.json and the experiment's results.json compute the same numbers with the same code.
 
 Every metric is computed as a weighted count over test examples (weighted_metrics, weighted_toxicity): the test set
 itself is one row of ones, a bootstrap resample a row of multiplicities, so an interval is an interval of exactly the

@@ -1,7 +1,7 @@
 """
-The report of an experiment: results.md's markdown tables and the plots, from the results that eval.py computes
+The report of an experiment: results.md's markdown tables and the plots, from the results that evaluation.py computes
 (results.json's content), for a pair, a sweep and the Burns driver alike. Nothing here computes a number: metrics.py
-does, eval.py gathers them; this file only lays them out.
+does, evaluation.py gathers them; this file only lays them out.
 
     format_table(results)          results.md of a classification experiment: one row per run, PGR with its interval
                                    (one seed) or mean ± std (several), the gaps PGR divides by, the students'

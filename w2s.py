@@ -41,7 +41,7 @@ from typing import Literal
 import checkpoints
 import cli
 import config
-import eval as w2s_eval
+import evaluation
 import job
 import report
 import rundir
@@ -158,7 +158,7 @@ def finish_stage(stage, out, before, redone, done, scorer):
         redone.add(stage.path)
     done.add(stage.path)
     for run in stage.scored:  # generation: test continuations -> <run>/scores.json, skipped when done
-        w2s_eval.score_run(out / run, scorer)
+        evaluation.score_run(out / run, scorer)
 
 
 def _worker_pool(jobs):
@@ -269,7 +269,7 @@ def run_experiment(cfg, base, out):
     models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
-    scorer = w2s_eval.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
+    scorer = evaluation.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
     experiment = experiment_record(cfg, base, task, scorer.name if scorer else None, models)
     missing = [p for p in [out, *out.parents] if not p.exists()]
     created = missing[-1] if missing else None  # the topmost directory this run makes: removed if it fails to start
@@ -301,7 +301,7 @@ def run_experiment(cfg, base, out):
             if not started and created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             raise
-        results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
+        results = evaluation.evaluate_experiment(out, n_boot=cfg.n_boot)
         # the experiment's seeds, not only those asked for now: results cover every one of them
         results["config"] = {"w2s": dataclasses.asdict(cfg) | {"seeds": seeds}, "train": dataclasses.asdict(base),
                              "models": specs,
@@ -309,7 +309,7 @@ def run_experiment(cfg, base, out):
         # wall seconds of each stage this invocation ran (or found done): the one part of results.json that varies
         results["timing"] = {"stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
                              "total_seconds": round(sum(stage_seconds.values()), 2)}
-        w2s_eval.write_results(out, results)
+        evaluation.write_results(out, results)
     print((out / "results.md").read_text())
     print(f"results: {', '.join(str(p) for p in sorted(out.glob('results*')))}", flush=True)
     return results
@@ -349,7 +349,7 @@ def run_burns(cfg, base, out):
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
     out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / "results.json", w2s_eval.json_safe(combined))
+    rundir.write_json(out / "results.json", evaluation.json_safe(combined))
     cli.write_atomic(out / "results.md", report.burns_table(rows, not_run).encode())
     report.burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())

@@ -4,11 +4,11 @@ import math
 import numpy as np
 import pytest
 
-import eval as w2s_eval
+import evaluation as w2s_eval
 import metrics as w2s_metrics
 import report
 from cli import UserError
-from eval import evaluate_experiment, write_results
+from evaluation import evaluate_experiment, write_results
 from metrics import mean_std, metrics, pgr, pgr_ci
 from helpers import write_experiment_json, write_stage
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import cli
-import eval as w2s_eval
+import evaluation as w2s_eval
 import job
 import rundir
 import stages as stage_graph
