@@ -1,8 +1,8 @@
 """
 The numbers of a weak-to-strong experiment, pure numpy: classification metrics, one paired bootstrap, PGR with its
 interval, mean ± std over seeds, the diagnostics that explain a student, and the toxicity metrics of generated
-continuations. Training (train.py, ensemble.py) and the report (eval.py) both import them from here, so a run's own
-metrics.json and the experiment's results.json compute the same numbers with the same code.
+continuations. Training (train.py, ensemble.py) and the evaluation (evaluation.py) both import them from here, so a
+run's own metrics.json and the experiment's results.json compute the same numbers with the same code.
 
 Every metric is computed as a weighted count over test examples (weighted_metrics, weighted_toxicity): the test set
 itself is one row of ones, a bootstrap resample a row of multiplicities, so an interval is an interval of exactly the
@@ -13,6 +13,7 @@ import numpy as np
 import toxicity
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "f1_weighted", "auroc")
+DIAGNOSTICS = ("agreement", "agreement_on_supervisor_errors", "misfit_xent", "misfit_sq", "gain_sq", "gain_accuracy")
 BOOT_CHUNK = 256  # bootstrap resamples evaluated at once; bounds memory at BOOT_CHUNK x N floats per temporary
 
 
@@ -159,6 +160,13 @@ def mean_std(values):
         raise ValueError("mean_std of no values")
     std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
     return float(values.mean()), std
+
+
+def seed_summary(values):
+    """mean and std over seeds of the defined values; n_seeds says how many, n_na how many were not defined."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    mean, std = mean_std(finite) if finite else (float("nan"), float("nan"))
+    return {"mean": mean, "std": std, "n_seeds": len(finite), "n_na": len(values) - len(finite)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

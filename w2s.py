@@ -10,11 +10,12 @@ A whole weak-to-strong experiment in one command, resumable, into one run direct
     python w2s.py --task safety --print-commands    # the train.py command of every stage, in dependency order
     python w2s.py --task safety --jobs 4            # independent stages in 4 worker processes (one GPU each)
 
-Stages for every seed (each one a train.py run; a finished stage is skipped on rerun):
+Stages for every seed (each one a train.py run; a finished stage is skipped on rerun; stages.py builds them, this
+file runs them, one after another or in --jobs worker processes):
     weak                 weak model on weak_train ground truth; its predictions on w2s_train are the weak labels
     ensemble/member0..K  bootstrap-resampled weak models, and their hard / soft votes (ensemble/hard, ensemble/soft)
     ceiling              strong model on w2s_train ground truth
-    student_<method>     strong model on weak labels, one per --students method (STUDENTS below; --students all):
+    student_<method>     strong model on weak labels, one per --students method (stages.STUDENTS; --students all):
                          naive, logconf, entropy, product, window (losses), hard, soft, learned (the ensemble),
                          selective (cross-fitted, with student_selective/fold0, fold1), genft (LM warm start first)
 Generation tasks (toxicity) have the students naive, hard and soft (the ensemble's members decode together, token by
@@ -30,7 +31,6 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
-import re
 import shutil
 import sys
 import time
@@ -41,45 +41,19 @@ from typing import Literal
 import checkpoints
 import cli
 import config
-import eval as w2s_eval
+import evaluation
 import job
+import report
 import rundir
 import runtime
 import train
 from cli import UserError
 from data import TASKS
 from data import common as data_common
+from stages import PER_STAGE, command, model_label, stage_cfg, stages_of_seed, student_names
 from tokenizer import load_tokenizer
 
-ROOT = Path(__file__).resolve().parent
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
-# student name -> (the run it is compared with for PGR, train.py settings of its own); losses.py and labels.py
-# hold the methods, train.py --help their flags
-STUDENTS = {
-    "naive": ("weak", {}),                           # cross entropy on the weak labels
-    "logconf": ("weak", {"loss": "logconf"}),        # Burns et al.'s auxiliary confidence loss
-    "entropy": ("weak", {"loss": "entropy"}),        # logconf without hardening (EleutherAI/w2s)
-    "product": ("weak", {"loss": "product"}),        # openai/weak-to-strong's product loss
-    "window": ("weak", {"loss": "window"}),          # EleutherAI/w2s's confidence window
-    "hard": ("ensemble/hard", {}),                   # the bootstrap ensemble's majority vote
-    "soft": ("ensemble/soft", {}),                   # its mean probabilities
-    "learned": ("ensemble/soft", {"learned": True}),  # its members mixed by learned weights (RAVEN); PGR against
-    #                                                  the uniform mix of the same members
-    "selective": ("weak", {"selective": True}),      # Selective W2SG, cross-fitted (labels.py)
-    "genft": ("weak", {}),                           # generative fine-tuning on w2s_train's texts first (Burns et al.)
-    "contrastive": ("contrastive", {}),              # generation: ConG's contrastive decoding of the weak model
-    #                                                  (weak/contrastive, written by the weak stage)
-}
-ENSEMBLE_STUDENTS = ("hard", "soft", "learned")
-GENERATION_STUDENTS = ("naive", "hard", "soft", "contrastive")  # votes decode token by token (generation.py)
-CLASSIFICATION_STUDENTS = tuple(s for s in STUDENTS if s != "contrastive")
-# train.py flags that w2s.py sets per stage; every other train.py flag applies to every stage as given
-PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "member", "ensemble", "loss", "learned",
-             "selective", "fold", "genft_epochs")
-# train.py flags that only some students read: other stages keep the defaults, so changing one reruns only those
-KNOBS = {"aux_coef": ("logconf", "entropy"), "aux_warmup": ("logconf", "entropy"), "aux_schedule": ("logconf", "entropy"),
-         "product_alpha": ("product",), "product_beta": ("product",), "window_radius": ("window",),
-         "member_lr": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
 
 
 @dataclass
@@ -91,7 +65,7 @@ class W2SConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # experiment seeds (splits, inits, batch order)
     out: str = ""               # run directory; "" = runs/<task>
     overwrite: bool = False     # delete the experiment already in --out (its stages and results) before starting
-    students: str = "naive,logconf,hard,soft"  # comma-separated students (see STUDENTS in w2s.py), or all
+    students: str = "naive,logconf,hard,soft"  # comma-separated students (see STUDENTS in stages.py), or all
     n_boot: int = 1000          # bootstrap resamples for the PGR confidence intervals
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
     scorer: Literal["", "offline", "perspective"] = ""  # toxicity scorer; "" = perspective with a key, else offline
@@ -104,129 +78,8 @@ class W2SConfig:
     # from-scratch weak model under a probed strong one); "" = --train-layers
 
 
-@dataclass
-class Stage:
-    path: str                   # the stage's directory, relative to OUT (e.g. seed0/student_naive)
-    cfg: config.TrainConfig
-    needs: list                 # paths of the stages whose outputs it reads
-    scored: list = field(default_factory=list)  # generation: its runs whose test continuations get scores.json
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# the experiment: its stages, and what eval.py compares
-
-def stages_of_seed(cfg, base, kind, seed, models, chain=()):
-    """The stages of one seed in dependency order, the runs eval.py evaluates and the student comparisons (named
-    relative to the seed directory). `models` are model specs, smallest first: one pair [weak, strong] (flat layout:
-    weak/, ceiling/, student_naive/), or a sweep, where every model but the largest supervises (<label>/weak,
-    <label>/ensemble), every model but the smallest has a ceiling (<label>/ceiling), and every pair weak < strong has
-    its students (<weak>__<strong>/student_naive, ...), each model trained once and reused by every pair. `chain`:
-    intermediate models for Burns et al.'s bootstrapping, weak -> chain[0] -> ... -> strong (chain/1_<label>, ...)."""
-    seed_dir = f"seed{seed}"
-    students = student_names(cfg, kind)
-    knobs = dataclasses.asdict(base)
-    base = dataclasses.replace(base, seed=seed, **{k: getattr(config.TrainConfig, k) for k in KNOBS})
-    ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
-    sweep = bool(cfg.sizes)
-    label = {m: model_label(m) for m in list(models) + list(chain)}
-    stages, runs, comparisons = [], [], []
-
-    def add(path, stage_cfg, needs=(), run=True, table=True, extra_runs=(), model=None):
-        """A stage; its own run (and `extra_runs`: {name: path} of runs it writes below itself) for eval.py."""
-        own = {path: path} if run else {}
-        stages.append(Stage(f"{seed_dir}/{path}", dataclasses.replace(stage_cfg, out=""), [f"{seed_dir}/{n}" for n in needs],
-                            [f"{seed_dir}/{p}" for p in (own | dict(extra_runs)).values()] if kind == "generation" else []))
-        runs.extend({"name": name, "path": p, "stage": path, "table": table, "model": label.get(model, model)}
-                    for name, p in (own | dict(extra_runs)).items())
-
-    supervising = dataclasses.replace(base, train_layers=cfg.weak_train_layers or base.train_layers)
-    for weak in models[:-1]:  # every model but the largest supervises
-        at = f"{label[weak]}/" if sweep else ""
-        add(f"{at}weak", dataclasses.replace(supervising, role="weak", model=weak, contrastive="contrastive" in students),
-            extra_runs={f"{at}contrastive": f"{at}weak/contrastive"} if "contrastive" in students else {}, model=weak)
-        if ensemble > 1:
-            for k in range(ensemble):  # a generation vote decodes with the members: they keep their weights
-                add(f"{at}ensemble/member{k}", dataclasses.replace(
-                    supervising, role="weak", model=weak, member=k, save_checkpoint=base.save_checkpoint or kind == "generation"),
-                    table=False, model=weak)
-            add(f"{at}ensemble", dataclasses.replace(supervising, role="weak", model=weak, ensemble=ensemble),
-                needs=[f"{at}ensemble/member{k}" for k in range(ensemble)], run=False, model=weak,
-                extra_runs={f"{at}ensemble/{how}": f"{at}ensemble/{how}" for how in ("hard", "soft")})
-    for strong in models[1:]:  # every model but the smallest has a ceiling
-        add(f"{label[strong]}/ceiling" if sweep else "ceiling", dataclasses.replace(base, role="ceiling", model=strong),
-            model=strong)
-    for i, weak in enumerate(models):
-        for strong in models[i + 1:]:
-            at_weak, at_strong = (f"{label[weak]}/", f"{label[strong]}/") if sweep else ("", "")
-            at_pair = f"{label[weak]}__{label[strong]}/" if sweep else ""
-            for s in students:
-                supervisor, settings = STUDENTS[s]
-                settings = settings | {k: knobs[k] for k, users in KNOBS.items() if s in users}
-                settings |= {"genft_epochs": cfg.genft_epochs} if s == "genft" else {}
-                source = "weak/contrastive" if s == "contrastive" else supervisor
-                labels = f"{seed_dir}/{at_weak}ensemble" if s == "learned" else f"{seed_dir}/{at_weak}{source}/predictions.json"
-                student = dataclasses.replace(base, role="student", model=strong, weak_labels=labels, **settings)
-                needs = [at_weak + ("ensemble" if supervisor.startswith("ensemble/") else "weak" if s == "contrastive"
-                                    else supervisor)]
-                if s == "selective":  # its cross-fitting folds are stages of their own
-                    for k in (0, 1):
-                        add(f"{at_pair}student_selective/fold{k}", dataclasses.replace(student, selective=False, fold=k),
-                            needs, run=False, model=strong)
-                    needs = [f"{at_pair}student_selective/fold{k}" for k in (0, 1)]
-                add(f"{at_pair}student_{s}", student, needs, model=strong)
-                comparisons.append({"name": f"{at_pair}student_{s}", "supervisor": at_weak + supervisor,
-                                    "ceiling": f"{at_strong}ceiling", "trained_on": at_weak + supervisor, "method": s,
-                                    "pair": [label[weak], label[strong]]})
-    if chain:
-        chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, "naive" in students)
-    if not sweep:  # a pair's table reads supervisors, then students, then the ceiling
-        order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students]
-        runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order) + (r["name"] == "ceiling"))
-    return stages, runs, comparisons
-
-
-def chain_stages(add, comparisons, base, models, chain, label, sweep, seed_dir, naive):
-    """Burns et al.'s bootstrapping: the weak model's labels train chain[0], whose predictions on w2s_train train
-    chain[1], ..., and finally the strong model; its row is compared (PGR) with the original weak model and the
-    strong ceiling. In a sweep that has the naive student weak -> chain[0], that student is the first step (the same
-    training), so it is not trained twice."""
-    path = [models[0], *chain, models[-1]]
-    at = (lambda m: f"{label[m]}/") if sweep else (lambda m: "")
-    previous = trained_on = f"{at(path[0])}weak"
-    name = "chain:" + ">".join(label[m] for m in path)
-    for i, model in enumerate(path[1:], start=1):
-        stage, last = f"chain/{i}_{label[model]}", i == len(path) - 1
-        if i == 1 and not last and sweep and naive and model in models[1:]:
-            trained_on, previous = previous, f"{label[path[0]]}__{label[model]}/student_naive"
-            continue
-        add(stage, dataclasses.replace(base, role="student", model=model,
-                                       weak_labels=f"{seed_dir}/{previous}/predictions.json"), [previous], model=model,
-            run=not last, extra_runs={name: stage} if last else {})
-        trained_on, previous = previous, stage
-    comparisons.append({"name": name, "supervisor": f"{at(path[0])}weak", "ceiling": f"{at(path[-1])}ceiling",
-                        "trained_on": trained_on, "method": "chain", "pair": [label[path[0]], label[path[-1]]]})
-
-
-def model_label(spec):
-    """A short, path-safe name for a model in a sweep's layout and tables: toy-s, gpt2-medium, random-2x64, a
-    directory's own name."""
-    local = Path(spec).expanduser()
-    name = local.name if local.is_dir() else spec
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
-
-
-def student_names(cfg, kind):
-    """The students of --students (all = every one) that apply: generation tasks have their own, and the
-    ensemble students need --ensemble > 1."""
-    names = list(STUDENTS) if cfg.students == "all" else [s for s in cfg.students.split(",") if s]
-    unknown = [s for s in names if s not in STUDENTS]
-    if unknown or not names:
-        raise UserError(f"argument --students: unknown {unknown or 'empty list'}; choose from all, {', '.join(STUDENTS)}")
-    names = [s for s in names if s in (GENERATION_STUDENTS if kind == "generation" else CLASSIFICATION_STUDENTS)]
-    if cfg.ensemble <= 1:
-        names = [s for s in names if s not in ENSEMBLE_STUDENTS]
-    return names
-
+# the experiment: what experiment.json records and results.md's header describes
 
 def describe(cfg, base, task, models):
     """What results.md's header says the numbers come from."""
@@ -254,22 +107,6 @@ def experiment_record(cfg, base, task, scorer_name, models):
 
 # ----------------------------------------------------------------------------------------------------------------
 # running stages
-
-def stage_cfg(stage, out):
-    """The train.py config of a stage with its paths under OUT."""
-    cfg = dataclasses.replace(stage.cfg, out=str(out / stage.path))
-    if cfg.weak_labels:
-        cfg.weak_labels = str(out / cfg.weak_labels)
-    return cfg
-
-
-def command(stage, out, python="python"):
-    """The train.py command line that runs `stage` on its own (what --jobs runs and --print-commands prints)."""
-    cfg = stage_cfg(stage, out)
-    script = "train.py" if Path.cwd() == ROOT else str(ROOT / "train.py")
-    defaults = train.parse_args(["--task", cfg.task])  # the task's own defaults apply to train.py's flags
-    return [python, script, "--task", cfg.task] + cli.flags_of(cfg, defaults, skip=("task",))
-
 
 def marker(out, stage):
     """What says a stage is done: its metrics.json's (size, mtime), or None."""
@@ -325,7 +162,7 @@ def finish_stage(stage, out, before, redone, done, scorer):
         redone.add(stage.path)
     done.add(stage.path)
     for run in stage.scored:  # generation: test continuations -> <run>/scores.json, skipped when done
-        w2s_eval.score_run(out / run, scorer)
+        evaluation.score_run(out / run, scorer)
 
 
 def _worker_pool(jobs):
@@ -439,7 +276,7 @@ def run_experiment(cfg, base, out):
     models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
-    scorer = w2s_eval.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
+    scorer = evaluation.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
     experiment = experiment_record(cfg, base, task, scorer.name if scorer else None, models)
     missing = [p for p in [out, *out.parents] if not p.exists()]
     created = missing[-1] if missing else None  # the topmost directory this run makes: removed if it fails to start
@@ -471,7 +308,7 @@ def run_experiment(cfg, base, out):
             if not started and created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             raise
-        results = w2s_eval.evaluate_experiment(out, n_boot=cfg.n_boot)
+        results = evaluation.evaluate_experiment(out, n_boot=cfg.n_boot)
         # the experiment's seeds, not only those asked for now: results cover every one of them
         results["config"] = {"w2s": dataclasses.asdict(cfg) | {"seeds": seeds}, "train": dataclasses.asdict(base),
                              "models": specs,
@@ -479,7 +316,7 @@ def run_experiment(cfg, base, out):
         # wall seconds of each stage this invocation ran (or found done): the one part of results.json that varies
         results["timing"] = {"stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
                              "total_seconds": round(sum(stage_seconds.values()), 2)}
-        w2s_eval.write_results(out, results)
+        evaluation.write_results(out, results)
     print((out / "results.md").read_text())
     print(f"results: {', '.join(str(p) for p in sorted(out.glob('results*')))}", flush=True)
     return results
@@ -515,62 +352,17 @@ def run_burns(cfg, base, out):
                 if summary["n_seeds"] == 1:  # one seed: its bootstrap CI (or why there is none)
                     entry = next(iter(res["seeds"].values()))["pgr"][student]["accuracy"]
                     row[student + "_pgr"] = dict(row[student + "_pgr"], lo=entry["lo"], hi=entry["hi"],
-                                                 text=w2s_eval.pgr_text(entry))
+                                                 text=report.pgr_text(entry))
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
     out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / "results.json", w2s_eval.json_safe(combined))
-    cli.write_atomic(out / "results.md", burns_table(rows, not_run).encode())
-    burns_plot(rows, out / "results.png")
+    rundir.write_json(out / "results.json", evaluation.json_safe(combined))
+    cli.write_atomic(out / "results.md", report.burns_table(rows, not_run).encode())
+    report.burns_plot(rows, out / "results.png")
     print((out / "results.md").read_text())
     written = [out / name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
     print(f"results: {', '.join(map(str, written))}", flush=True)
     return combined
-
-
-def burns_table(rows, not_run):
-    def cell(v):
-        if v is None:
-            return ""
-        if v.get("text"):
-            return v["text"]
-        if v.get("mean") is None:
-            return "n/a"
-        return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v.get("std") is not None else "")
-    lines = ["# Burns et al. tasks: test accuracy and PGR (accuracy), naive vs auxiliary confidence loss", "",
-             "PGR = (student - weak) / (ceiling - weak); [95% paired-bootstrap CI] for one seed, ± std over seeds; "
-             "n/a where the ceiling is not clearly better than the weak model.", "",
-             "| Task | Weak | Ceiling | Naive | PGR naive | Logconf | PGR logconf |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['task']} | {cell(r['weak'])} | {cell(r['ceiling'])} | {cell(r.get('student_naive'))} | "
-                     f"{cell(r.get('student_naive_pgr'))} | {cell(r.get('student_logconf'))} | {cell(r.get('student_logconf_pgr'))} |")
-    for task, why in not_run.items():
-        lines.append(f"| {task} | not run: {why} | | | | | |")
-    return "\n".join(lines) + "\n"
-
-
-def burns_plot(rows, path):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return  # the table and JSON carry the numbers; the plot is optional ([plot] extra)
-    import numpy as np
-    fig = Figure(figsize=(1.6 * max(3, len(rows)) + 2, 3.5))
-    ax = fig.subplots()
-    x = np.arange(len(rows))
-    for k, (student, label) in enumerate((("student_naive_pgr", "naive"), ("student_logconf_pgr", "logconf"))):
-        vals = [r.get(student) or {"mean": np.nan} for r in rows]
-        means = np.array([v["mean"] if v["mean"] is not None else np.nan for v in vals], dtype=float)
-        lo = [m - v["lo"] if v.get("lo") is not None else (v.get("std") or 0) for m, v in zip(means, vals)]
-        hi = [v["hi"] - m if v.get("hi") is not None else (v.get("std") or 0) for m, v in zip(means, vals)]
-        ax.bar(x + (k - 0.5) * 0.38, means, 0.38, yerr=np.clip(np.nan_to_num(np.array([lo, hi], dtype=float)), 0, None),
-               capsize=3, label=label)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(x, [r["task"] for r in rows])
-    ax.set_ylabel("PGR (accuracy)")
-    ax.legend()
-    fig.tight_layout()
-    cli.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 if __name__ == "__main__":

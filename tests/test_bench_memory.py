@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench
+import bench_memory
 from losses import xent_loss
 from model import GPT, GPTConfig
 
@@ -17,14 +18,14 @@ B, T = 4, 32
 @pytest.mark.parametrize("dtype, ckpt", [("fp32", False), ("bf16", True)])
 def test_fake_estimate_equals_the_real_step(dtype, ckpt):
     # the same code on real tensors (it runs) and on fake ones (nothing computed): every category, byte for byte
-    real = bench.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=False)
-    fake = bench.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=True)
+    real = bench_memory.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=False)
+    fake = bench_memory.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=True)
     assert fake == real
     assert real["Activation"] > 0 and real["Total"] == sum(v for k, v in real.items() if k != "Total")
 
 
 def test_parameters_adam_state_and_batch_match_a_hand_count():
-    est = bench.step_memory(SHAPE, B, T, False, "fp32", "cpu", fake=True)
+    est = bench_memory.step_memory(SHAPE, B, T, False, "fp32", "cpu", fake=True)
     params = list(GPT(GPTConfig(**SHAPE, n_classes=2)).parameters())  # 4 blocks x 12 + wte, wpe, ln_f x2, score
     n = sum(p.numel() for p in params)
     assert len(params) == 53
@@ -53,14 +54,14 @@ def test_activations_are_what_autograd_saves(dtype):
         with autocast:
             logits = model.classify(idx, mask)
         xent_loss(logits.float(), torch.full((B, 2), 0.5))
-    est = bench.step_memory(SHAPE, B, T, False, dtype, "cpu", fake=True)
+    est = bench_memory.step_memory(SHAPE, B, T, False, dtype, "cpu", fake=True)
     # the peak comes early in backward, when the last layers' saved tensors may already be freed
     assert 0.9 * sum(saved.values()) <= est["Activation"] <= 1.02 * sum(saved.values())
 
 
 def test_grad_checkpoint_lowers_the_activation_peak():
-    plain = bench.step_memory(SHAPE, B, T, False, "fp32", "cpu", fake=True)
-    ckpt = bench.step_memory(SHAPE, B, T, True, "fp32", "cpu", fake=True)
+    plain = bench_memory.step_memory(SHAPE, B, T, False, "fp32", "cpu", fake=True)
+    ckpt = bench_memory.step_memory(SHAPE, B, T, True, "fp32", "cpu", fake=True)
     # checkpointing keeps each block's input (and recomputes one block at a time in backward)
     assert ckpt["Activation"] < 0.5 * plain["Activation"]
     assert ckpt["Total"] < plain["Total"]

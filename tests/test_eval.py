@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 
-import eval as w2s_eval
+import evaluation as w2s_eval
 import metrics as w2s_metrics
+import report
 from cli import UserError
-from eval import evaluate_experiment, write_results
+from evaluation import evaluate_experiment, write_results
 from metrics import mean_std, metrics, pgr, pgr_ci
 from helpers import write_experiment_json, write_stage
 
@@ -121,7 +122,7 @@ def test_pgr_is_na_with_the_gap_when_the_ceiling_is_not_clearly_better_than_the_
     entry = pgr_ci(y, weak, np.full(50, 0.9), ceiling, "accuracy", n_boot=200)
     assert entry["pgr"] is None and entry["reason"] == "ceiling ≈ supervisor"
     assert entry["gap"] == pytest.approx(0.02) and entry["gap_lo"] == 0 and entry["gap_hi"] > 0
-    assert w2s_eval.pgr_text(entry) == f"n/a (ceiling ≈ supervisor; gap +0.020 [+0.000, {entry['gap_hi']:+.3f}])"
+    assert report.pgr_text(entry) == f"n/a (ceiling ≈ supervisor; gap +0.020 [+0.000, {entry['gap_hi']:+.3f}])"
     worse = pgr_ci(y, ceiling, np.full(50, 0.9), weak, "accuracy", n_boot=200)  # a ceiling worse than its supervisor
     assert worse["pgr"] is None and worse["reason"] == "ceiling no better than supervisor"
 
@@ -137,7 +138,7 @@ def test_pgr_interval_always_contains_its_point_and_counts_resamples_whose_gap_f
     assert entry["gap_lo"] > 0 and entry["lo"] <= entry["pgr"] <= entry["hi"]
     assert entry["n_flipped"] >= 20 and entry["n_zero_gap"] == 0
     results = {"seeds": {"0": {"pgr": {"student_naive": {"supervisor": "weak", "ceiling": "ceiling", "accuracy": entry}}}}}
-    assert w2s_eval._gap_table(results, ["accuracy"], ["Accuracy"])[-1] == (  # and results.md says how many
+    assert report.gap_table(results, ["accuracy"], ["Accuracy"])[-1] == (  # and results.md says how many
         "Bootstrap resamples in which the gap flipped sign (kept in the PGR intervals, not dropped): "
         f"student_naive accuracy: {entry['n_flipped']} (seed 0).")
     point_outside = w2s_metrics.pgr_with_interval(0.60, 0.90, 0.70, weak, weak + 0.001, weak + 0.10)
@@ -307,4 +308,4 @@ def test_table_says_na_with_the_gap_when_the_ceiling_equals_the_supervisor(tmp_p
     results = evaluate_experiment(tmp_path, n_boot=50)
     entry = results["seeds"]["0"]["pgr"]["student_naive"]["accuracy"]
     assert entry["pgr"] is None and entry["reason"] == "ceiling no better than supervisor" and entry["gap"] == 0
-    assert "n/a (ceiling no better than supervisor" in w2s_eval.format_table(results)
+    assert "n/a (ceiling no better than supervisor" in report.format_table(results)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import eval as w2s_eval
+import evaluation as w2s_eval
 import train
 import w2s
 from helpers import kill_w2s_after, without_paths

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import cli
 import config
-import eval as w2s_eval
+import evaluation as w2s_eval
 import job
 import metrics as w2s_metrics
 from cli import UserError

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import cli
-import eval as w2s_eval
+import evaluation as w2s_eval
 import job
 import rundir
+import stages as stage_graph
 import train
 import w2s
 from helpers import ROOT, one_thread_env, run_script, stage_stamps, strict_json, without_paths
@@ -130,12 +131,12 @@ def test_printed_stage_commands_train_exactly_what_the_in_process_stage_trains(s
     cfg, base = w2s.parse_args(["--data-dir", str(shared_data), "--limit", "24", "--weak", "random:1x16", "--strong",
                                 "random:2x32"] + flags)
     kind = job.cached_task(base.task, base.data_dir, 0, base.limit).kind
-    stages = w2s.stages_of_seed(cfg, base, kind, 0, ["random:1x16", "random:2x32"])[0]
+    stages = stage_graph.stages_of_seed(cfg, base, kind, 0, ["random:1x16", "random:2x32"])[0]
     assert len(stages) >= 3
     for stage in stages:
-        command = w2s.command(stage, Path("/runs/x"))
+        command = stage_graph.command(stage, Path("/runs/x"))
         assert command[1].endswith("train.py")
-        assert train.parse_args(command[2:]) == w2s.stage_cfg(stage, Path("/runs/x")), stage.path
+        assert train.parse_args(command[2:]) == stage_graph.stage_cfg(stage, Path("/runs/x")), stage.path
 
 
 def test_overwrite_deletes_the_old_stages_and_records_the_new_experiment(run, capsys):
