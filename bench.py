@@ -831,9 +831,9 @@ def section_trunk(ctx):
                             t[f"ref padded {p}"], work=tokens, unit="tokens/s"),
                  timing_row(S, f"{p}, ours by length | ref column: transformers padded", t[f"ours by-length {p}"],
                             t[f"ref padded {p}"], work=tokens, unit="tokens/s")]
-    return rows + [timing_row(S, f"ours by length: bf16 | ref column: ours fp32", t["ours by-length bf16"],
+    return rows + [timing_row(S, "ours by length: bf16 | ref column: ours fp32", t["ours by-length bf16"],
                               t["ours by-length fp32"], work=tokens, unit="tokens/s"),
-                   timing_row(S, f"transformers padded: bf16 | ref column: transformers fp32", t["ref padded bf16"],
+                   timing_row(S, "transformers padded: bf16 | ref column: transformers fp32", t["ref padded bf16"],
                               t["ref padded fp32"], work=tokens, unit="tokens/s")]
 
 

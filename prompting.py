@@ -41,7 +41,6 @@ import rundir
 from batching import bucketed_batches, collate
 from cli import UserError
 from config import DEFAULT_MODELS
-from data import TASKS
 from job import cached_task
 from metrics import metrics
 from runtime import cpu_threads, numerics, setup_runtime

@@ -9,6 +9,7 @@ import pytest
 import features
 import train
 import w2s
+from cli import UserError
 from data import load_task
 from tokenizer import load_tokenizer
 from conftest import ROOT
@@ -97,3 +98,16 @@ def test_bad_train_layers_settings_end_in_one_line(extra, message, shared_data, 
                        capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()[-1]) > 0 and not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_weak_train_layers_gives_the_supervisors_their_own_setting(shared_data, models, capsys, tmp_path):
+    w2s.main(["--task", "safety", "--data-dir", str(shared_data), "--weak", models[0], "--strong", models[1],
+              "--out", str(tmp_path / "exp"),
+              "--train-layers", "0", "--weak-train-layers", "all", "--ensemble", "2", "--students", "naive,hard",
+              "--print-commands"])
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python train.py")]
+    supervisors = [c for c in commands if "--role" not in c]  # weak, members and votes
+    assert len(supervisors) == 4 and not any("--train-layers" in c for c in supervisors)  # all: the default
+    assert all("--train-layers 0" in c for c in commands if "--role" in c)
+    with pytest.raises(UserError, match="argument --weak-train-layers: must be all or a whole number"):
+        w2s.main(["--task", "safety", "--weak-train-layers", "some", "--out", str(tmp_path / "bad")])
