@@ -11,6 +11,7 @@ import job
 import labels
 import train
 from cli import UserError
+from model import GPT
 
 COMMON = ["--task", "safety", "--limit", "24", "--max-length", "32", "--epochs", "2", "--batch-size", "8",
           "--lr", "1e-3", "--quiet"]
@@ -48,7 +49,7 @@ def test_genft_learns_the_texts_and_never_sees_a_label(shared_data, models, weak
         with pytest.raises(KeyboardInterrupt):
             run(shared_data, tmp_path / f"genft{i}", "--role", "student", "--model", models[1], "--genft-epochs", "2",
                 "--weak-labels", str(labels_file))
-    pretrained = train.GPT.from_pretrained(models[1], n_classes=2).state_dict()
+    pretrained = GPT.from_pretrained(models[1], n_classes=2).state_dict()
     assert all(torch.equal(after_lm[0][k], after_lm[1][k]) for k in pretrained)
     assert not torch.equal(after_lm[0]["transformer.wte.weight"], pretrained["transformer.wte.weight"])
 
