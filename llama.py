@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 import hub
-from model import CheckpointError, DecoderLM, positions_and_mask
+from model import CheckpointError, DecoderLM, positions_and_mask, read_config
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -251,7 +251,7 @@ class Llama(DecoderLM):
         if str(name_or_path).startswith("random:"):
             return cls(random_config(str(name_or_path), n_classes))
         config_file, weight_files, source = _checkpoint_files(str(name_or_path), revision)
-        hf = _read_config(config_file)
+        hf = read_config(config_file)
         _config_from_hf(hf, config_file, n_classes)  # a bad config is refused before any weights are read
         state = {}
         for f in weight_files:
@@ -340,7 +340,7 @@ def check_checkpoint(name_or_path, revision=None):
     """(config file, weights files) of a checkpoint, after reading its config and the headers of its weights (not the
     weights): a missing, garbage or truncated file is refused in a moment, before a run starts any work."""
     config_file, weight_files, _ = _checkpoint_files(str(name_or_path), revision)
-    _config_from_hf(_read_config(config_file), config_file, 0)
+    _config_from_hf(read_config(config_file), config_file, 0)
     for f in weight_files:
         try:
             with safe_open(f, "pt"):  # checks the header and that the file holds every tensor it lists
@@ -348,16 +348,6 @@ def check_checkpoint(name_or_path, revision=None):
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read weights {f} (corrupt or truncated safetensors file?): {e}") from None
     return config_file, weight_files
-
-
-def _read_config(config_file):
-    try:
-        hf = json.loads(Path(config_file).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read model config {config_file}: {e}") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"cannot read model config {config_file}: not a JSON object")
-    return hf
 
 
 INDEX = "model.safetensors.index.json"

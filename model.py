@@ -254,7 +254,7 @@ class GPT(DecoderLM):
         if str(name_or_path).startswith("random:"):
             return cls(random_config(str(name_or_path), n_classes))
         config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
-        model = cls(_config_from_hf(_read_config(config_file), config_file, n_classes))
+        model = cls(_config_from_hf(read_config(config_file), config_file, n_classes))
         try:
             state = load_file(weights_file)
         except (SafetensorError, OSError) as e:
@@ -352,7 +352,7 @@ def check_checkpoint(name_or_path, revision=None):
     """(config file, weights file) of a checkpoint, after reading its config and the header of its weights (not the
     weights): a missing, garbage or truncated file is refused in a moment, before a run starts any work."""
     config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
-    _config_from_hf(_read_config(config_file), config_file, 0)
+    _config_from_hf(read_config(config_file), config_file, 0)
     try:
         with safe_open(weights_file, "pt"):  # checks the header and that the file holds every tensor it lists
             pass
@@ -361,7 +361,8 @@ def check_checkpoint(name_or_path, revision=None):
     return config_file, weights_file
 
 
-def _read_config(config_file):
+def read_config(config_file):
+    """A checkpoint's config.json as a dict (both families), or one line naming the file."""
     try:
         hf = json.loads(Path(config_file).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
