@@ -303,30 +303,9 @@ def skipped_row(section, why):
 def section_train(ctx):
     """training step of train.py's classification loop (rows of random tokens, no padding: the causal fast path)
     ref: transformers GPT2ForSequenceClassification, same weights, batch, autocast and optimizer"""
-    S, c, dev = "train", ctx.cfg, ctx.device
+    S, c = "train", ctx.cfg
     ours, hf = ctx.ours(c["shape"]), ctx.hf(transformers.GPT2ForSequenceClassification, c["shape"])
-    rows = [classify_parity(S, ours, hf)]
-    ours.train()
-    hf.train()
-    step = {"ours": trainer(ctx.compiled(Classifier(ours)), ours, ctx.autocast),
-            "ref": trainer(ctx.compiled(lambda i, m: hf(input_ids=i, attention_mask=m).logits, "ref"), hf,
-                           ctx.autocast)}
-    B, T, n = c["batch_size"], c["seq_len"], c["steps"]
-    g = torch.Generator().manual_seed(1)
-    idx = torch.randint(0, PAD, (B, T), generator=g).to(dev)
-    y = torch.softmax(torch.randn(B, 2, generator=g), -1).to(dev)
-    for s in step.values():  # warm-up (and compilation)
-        for _ in range(2):
-            s(idx, None, y)
-    t = ctx.time({k: (lambda s=s: [s(idx, None, y) for _ in range(n)]) for k, s in step.items()})
-    row = timing_row(S, f"training, B{B} T{T} {c['dtype']}, {n} steps a round", t["ours"], t["ref"], work=n * B * T,
-                     unit="tokens/s")
-    fpt = train_flops_per_token(ours, T, lm_head=False)
-    peak = ("no stated peak for a CPU (give --peak-tflops)" if ctx.peak is None and dev.type == "cpu" else
-            "unknown GPU: give --peak-tflops" if ctx.peak is None else f"peak {ctx.peak / 1e12:.0f} TFLOP/s")
-    return rows + [row, value_row(S, "MFU (median tokens/s)", *(mfu(row[k]["median"], fpt, ctx.peak)
-                                                                for k in ("ours", "ref")),
-                                  note=f"{fpt / 1e6:,.1f}M train FLOPs/token; {peak}")]
+    return [classify_parity(S, ours, hf)] + train_step_rows(ctx, S, ours, hf, PAD, "")
 
 
 def classify_parity(section, ours, hf, pad=PAD):
@@ -691,7 +670,7 @@ def llama_pair(ctx, hf_cls, shape, layers=None, n_classes=2):
 
 def train_step_rows(ctx, S, ours, hf, pad, what):
     """Timing (and MFU) rows of train.py's classification step, ours vs transformers, on B x T random tokens below
-    `pad`; what: the model, for the row's label."""
+    `pad`; what: the model, for the row's label ("" for the GPT-2 shape the suite names in its header)."""
     c, dev = ctx.cfg, ctx.device
     ours.train()
     hf.train()
@@ -706,7 +685,8 @@ def train_step_rows(ctx, S, ours, hf, pad, what):
         for _ in range(2):
             s(idx, None, y)
     t = ctx.time({k: (lambda s=s: [s(idx, None, y) for _ in range(n)]) for k, s in step.items()})
-    row = timing_row(S, f"training, {what}, B{B} T{T} {c['dtype']}, {n} steps a round", t["ours"], t["ref"],
+    label = f"training, {what + ', ' if what else ''}B{B} T{T} {c['dtype']}, {n} steps a round"
+    row = timing_row(S, label, t["ours"], t["ref"],
                      work=n * B * T, unit="tokens/s")
     fpt = train_flops_per_token(ours, T, lm_head=False)
     peak = ("no stated peak for a CPU (give --peak-tflops)" if ctx.peak is None and dev.type == "cpu" else
