@@ -7,6 +7,8 @@ runs the stages (its scheduler and worker pool); nothing here trains or reads a 
     ceiling                                a strong model on ground truth
     student_<method>                       a strong model on a supervisor's labels (student_stage; STUDENTS below)
     chain/1_<label>, ...                   Burns et al.'s bootstrapping, weak -> chain -> strong (chain_stages)
+    prompt_zeroshot, prompt_fewshot_gold,  the strong model prompted, untrained (prompting.py; --prompting):
+    prompt_fewshot_weak                    zero-shot, and with --shots examples carrying gold or weak labels
 
 A pair has the flat layout (seed0/weak, seed0/ceiling, seed0/student_naive); a sweep (--sizes) puts each model's own
 stages under its label and each pair's students under <weak>__<strong> (Layout), so every model trains once.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import cli
 import config
+import prompting
 import train
 from cli import UserError
 
@@ -40,6 +43,7 @@ STUDENTS = {
     #                                                  (weak/contrastive, written by the weak stage)
 }
 ENSEMBLE_STUDENTS = ("hard", "soft", "learned")
+PROMPTINGS = ("zeroshot", "gold", "weak")  # --prompting: the strong model zero-shot, few-shot with gold / weak labels
 GENERATION_STUDENTS = ("naive", "hard", "soft", "contrastive")  # votes decode token by token (generation.py)
 CLASSIFICATION_STUDENTS = tuple(s for s in STUDENTS if s != "contrastive")
 # train.py flags that w2s.py sets per stage; every other train.py flag applies to every stage as given
@@ -120,8 +124,11 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
                 student_stage(graph, base, weak, strong, s, student_settings(s, knobs, cfg.genft_epochs))
     if chain:
         chain_stages(graph, base, models, chain, "naive" in students)
-    if not layout.sweep:  # a pair's table reads supervisors, then students, then the ceiling
-        order = ["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [f"student_{s}" for s in students]
+    for how in prompting_names(cfg):  # the strongest model, untrained; weak shots from the weakest
+        prompt_stage(graph, base, models[0], models[-1], how, cfg.shots)
+    if not layout.sweep:  # a pair's table reads supervisors, prompting, then students, then the ceiling
+        order = (["weak", "ensemble/hard", "ensemble/soft", "contrastive"] + [prompt_run(h) for h in PROMPTINGS] +
+                 [f"student_{s}" for s in students])
         graph.runs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order) + (r["name"] == "ceiling"))
     return graph.stages, graph.runs, graph.comparisons
 
@@ -195,6 +202,33 @@ def chain_stages(graph, base, models, chain, naive):
                               "trained_on": trained_on, "method": "chain", "pair": [label[path[0]], label[path[-1]]]})
 
 
+def prompt_run(how):
+    return "prompt_zeroshot" if how == "zeroshot" else f"prompt_fewshot_{how}"
+
+
+def prompt_stage(graph, base, weak, strong, how, shots):
+    """A prompting baseline of the strong model (prompting.py): zero-shot, or `shots` examples of w2s_train in each
+    prompt carrying gold labels or the weak supervisor's. Each shot gets as many tokens as a training text."""
+    layout = graph.layout
+    cfg = prompting.PromptConfig(
+        task=base.task, model=strong, shots=0 if how == "zeroshot" else shots, shot_labels="weak" if how == "weak"
+        else "gold", data_dir=base.data_dir, seed=base.seed, limit=base.limit, batch_size=base.batch_size,
+        max_length=(1 + (how != "zeroshot") * shots) * base.max_length, device=base.device, dtype=base.dtype,
+        threads=base.threads, quiet=base.quiet,
+        weak_labels=f"{layout.seed_dir}/{layout.at(weak)}weak/predictions.json" if how == "weak" else "")
+    graph.add(f"{layout.at(strong)}{prompt_run(how)}", cfg, needs=[f"{layout.at(weak)}weak"] if how == "weak" else (),
+              model=strong)
+
+
+def prompting_names(cfg):
+    """The prompting baselines of --prompting (all = every one)."""
+    names = list(PROMPTINGS) if cfg.prompting == "all" else [h for h in cfg.prompting.split(",") if h]
+    unknown = [h for h in names if h not in PROMPTINGS]
+    if unknown:
+        raise UserError(f"argument --prompting: unknown {unknown}; choose from all, {', '.join(PROMPTINGS)}")
+    return names
+
+
 def model_label(spec):
     """A short, path-safe name for a model in a sweep's layout and tables: toy-s, gpt2-medium, random-2x64, a
     directory's own name."""
@@ -224,9 +258,15 @@ def stage_cfg(stage, out):
     return cfg
 
 
+def run_stage(cfg):
+    """Run one stage's config: a prompting baseline (prompting.py) or a training run (train.py)."""
+    return prompting.run(cfg) if isinstance(cfg, prompting.PromptConfig) else train.run(cfg)
+
+
 def command(stage, out, python="python"):
-    """The train.py command line that runs `stage` on its own (what --jobs runs and --print-commands prints)."""
+    """The train.py (or prompting.py) command line that runs `stage` on its own (what --print-commands prints)."""
     cfg = stage_cfg(stage, out)
-    script = "train.py" if Path.cwd() == ROOT else str(ROOT / "train.py")
-    defaults = train.parse_args(["--task", cfg.task])  # the task's own defaults apply to train.py's flags
-    return [python, script, "--task", cfg.task] + cli.flags_of(cfg, defaults, skip=("task",))
+    name, script = ("prompting.py", prompting) if isinstance(cfg, prompting.PromptConfig) else ("train.py", train)
+    path = name if Path.cwd() == ROOT else str(ROOT / name)
+    defaults = script.parse_args(["--task", cfg.task])  # the task's own defaults apply to train.py's flags
+    return [python, path, "--task", cfg.task] + cli.flags_of(cfg, defaults, skip=("task",))

@@ -18,6 +18,9 @@ file runs them, one after another or in --jobs worker processes):
     student_<method>     strong model on weak labels, one per --students method (stages.STUDENTS; --students all):
                          naive, logconf, entropy, product, window (losses), hard, soft, learned (the ensemble),
                          selective (cross-fitted, with student_selective/fold0, fold1), genft (LM warm start first)
+    prompt_zeroshot,     --prompting zeroshot,gold,weak (or all): the strong model untrained, prompted zero-shot and
+    prompt_fewshot_gold, with --shots examples of w2s_train carrying gold or weak labels (prompting.py; rows of the
+    prompt_fewshot_weak  same table, on the same test rows and bootstrap, no PGR)
 Generation tasks (toxicity) have the students naive, hard and soft (the ensemble's members decode together, token by
 token) and contrastive (ConG: the weak model after vs before fine-tuning, weak/contrastive), and score every run's
 test continuations into <run>/scores.json (--scorer offline | perspective; default perspective when
@@ -46,11 +49,11 @@ import job
 import report
 import rundir
 import runtime
-import train
 from cli import UserError
 from data import TASKS
+from prompting import prompt_of
 from data import common as data_common
-from stages import PER_STAGE, command, model_label, stage_cfg, stages_of_seed, student_names
+from stages import PER_STAGE, command, model_label, prompting_names, run_stage, stage_cfg, stages_of_seed, student_names
 from tokenizer import load_tokenizer
 
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
@@ -74,6 +77,9 @@ class W2SConfig:
     genft_epochs: int = 1       # the genft student's language-model epochs on w2s_train's texts
     sizes: str = ""             # comma-separated models, smallest first: a sweep of every pair weak < strong
     chain: str = ""             # comma-separated intermediate models: weak -> each -> strong (Burns et al.'s bootstrapping)
+    prompting: str = ""         # prompting baselines of the strong model, untrained (stages.PROMPTINGS: zeroshot,
+    # gold, weak, or all; prompting.py): rows of the same table, on the same test rows and bootstrap
+    shots: int = 8              # --prompting gold / weak: examples of w2s_train in each prompt
     weak_train_layers: str = ""  # the supervisors' own --train-layers (weak, its ensemble members; e.g. all for a
     # from-scratch weak model under a probed strong one); "" = --train-layers
 
@@ -99,6 +105,9 @@ def experiment_record(cfg, base, task, scorer_name, models):
         settings["genft_epochs"] = cfg.genft_epochs
     if cfg.weak_train_layers:
         settings["weak_train_layers"] = cfg.weak_train_layers
+    prompts = prompting_names(cfg)
+    if prompts:  # recorded only when asked for: experiments without prompting keep their identity
+        settings["prompting"] = {"baselines": prompts, "shots": cfg.shots if set(prompts) - {"zeroshot"} else 0}
     settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
@@ -135,11 +144,11 @@ def run_stages(stages, out, cfg, scorer):
                 print(f"[{started}/{n}] {stage.path} ({stage.cfg.model})", flush=True)
                 seconds[stage.path] = time.time()
                 if pool is None:
-                    train.run(stage_cfg(stage, out))
+                    run_stage(stage_cfg(stage, out))
                     finish_stage(stage, out, before, redone, done, scorer)
                     seconds[stage.path] = time.time() - seconds[stage.path]
                 else:
-                    running[stage.path] = (stage, before, pool.submit(train.run, stage_cfg(stage, out)))
+                    running[stage.path] = (stage, before, pool.submit(run_stage, stage_cfg(stage, out)))
                 continue
             if not running:
                 raise RuntimeError(f"stages {[s.path for s in queue]} wait for inputs that are never run")
@@ -212,12 +221,14 @@ def parse_args(argv=None):
     cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig)})
     base = config.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
     for flag, ok, why in [("ensemble", cfg.ensemble >= 0, "must be >= 0"), ("jobs", cfg.jobs >= 1, "must be at least 1"),
+                          ("shots", cfg.shots >= 1, "must be at least 1 (zero-shot is --prompting zeroshot)"),
                           ("n_boot", cfg.n_boot >= 1, "must be at least 1"),
                           ("seeds", len(set(cfg.seeds)) == len(cfg.seeds) and min(cfg.seeds) >= 0,
                            "must be distinct and >= 0")]:
         if not ok:
             raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
     config.check_config(base)
+    prompting_names(cfg)
     if cfg.weak_train_layers not in ("", "all") and not cfg.weak_train_layers.isdigit():
         raise UserError("argument --weak-train-layers: must be all or a whole number of top blocks >= 0 "
                         f"(got {cfg.weak_train_layers})")
@@ -272,6 +283,11 @@ def run_experiment(cfg, base, out):
     config.check_for_task(base, task)
     kind = task.kind
     specs, chain = experiment_models(cfg, base, kind)
+    if prompting_names(cfg):
+        if kind != "classification":
+            raise UserError(f"argument --prompting: task {task.name} is a {kind} task; prompting baselines score "
+                            "label words of a classification task")
+        prompt_of(base.task)
     roles = [model_label(spec) for spec in specs] if cfg.sizes else ["weak", "strong"]  # --weak X --strong X: both
     models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}

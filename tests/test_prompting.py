@@ -3,6 +3,7 @@ one label word gives that class, the shots carry gold or weak label words, the q
 and the stage is skipped or redone like train.py's."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,57 @@ def test_bad_values_give_one_line(shared_data, tiny, tmp_path, capsys, args, say
     code, err = guarded(COMMON + ["--data-dir", str(shared_data), "--model", tiny, "--out", str(tmp_path / "p"), *args],
                         capsys)
     assert code == 2 and len(err) == 1 and says in err[0], err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prompting rows in w2s.py's table
+
+W2S = ["--task", "safety", "--limit", "40", "--max-length", "32", "--epochs", "1", "--students", "naive",
+       "--ensemble", "0", "--shots", "2", "--quiet"]
+
+
+def test_w2s_prompting_rows_are_stages_of_the_table_and_equal_prompting_py(shared_data, tiny, tmp_path, capsys):
+    import subprocess
+    import sys
+    import w2s
+    out = tmp_path / "exp"
+    args = W2S + ["--data-dir", str(shared_data), "--weak", tiny, "--strong", tiny, "--prompting", "all",
+                  "--out", str(out)]
+    results = w2s.main(args)
+    rows = results["table_rows"]
+    assert rows.index("weak") < rows.index("prompt_zeroshot") < rows.index("prompt_fewshot_gold") \
+        < rows.index("prompt_fewshot_weak") < rows.index("student_naive")
+    runs = results["seeds"]["0"]["runs"]
+    n_test = results["seeds"]["0"]["n_test"]
+    for name in ("prompt_zeroshot", "prompt_fewshot_gold", "prompt_fewshot_weak"):
+        assert 0 <= runs[name]["accuracy"] <= 1 and len(runs[name]["ci95"]["accuracy"]) == 2
+        test = json.loads((out / "seed0" / name / "predictions.json").read_text())["test"]
+        assert len(test["probs"]) == n_test and np.allclose(np.sum(test["probs"], 1), 1)
+    # the weak few-shot stage read the weak stage's labels, checked by content
+    record = json.loads((out / "seed0" / "prompt_fewshot_weak" / "config.json").read_text())
+    from rundir import sha256_file
+    assert record["inputs"]["supervisor"] == sha256_file(out / "seed0" / "weak" / "predictions.json")
+    # --print-commands prints a prompting.py command that reproduces the stage's predictions on its own
+    capsys.readouterr()
+    w2s.main(args + ["--print-commands"])
+    line = next(l for l in capsys.readouterr().out.splitlines() if "prompt_fewshot_weak" in l and "prompting.py" in l)
+    alone = tmp_path / "alone"
+    cmd = line.split()[1:]
+    cmd[cmd.index("--out") + 1] = str(alone)
+    subprocess.run([sys.executable, *cmd], check=True, capture_output=True, cwd=Path(prompting.__file__).parent)
+    assert json.loads((alone / "predictions.json").read_text())["test"] == \
+        json.loads((out / "seed0" / "prompt_fewshot_weak" / "predictions.json").read_text())["test"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--prompting", "sevenshot"], "argument --prompting: unknown ['sevenshot']"),
+    (["--prompting", "gold", "--shots", "0"], "argument --shots: must be at least 1"),
+    (["--task", "toy", "--prompting", "zeroshot"], "task 'toy' has no prompt"),
+])
+def test_w2s_prompting_bad_values_give_one_line(shared_data, tmp_path, capsys, args, says):
+    import w2s
+    with pytest.raises(SystemExit) as e:
+        cli.main_guard(lambda: w2s.main(["--task", "safety", "--data-dir", str(shared_data),
+                                          "--out", str(tmp_path / "x"), *args]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code != 0 and says in err[-1] and not (tmp_path / "x").exists()
