@@ -18,8 +18,8 @@ or the argmax of the weak supervisor's probabilities). When a prompt is longer t
 context tokens go first; the query is never cut for the context's sake (only a query longer than the context by
 itself loses the end of its text, as train.py cuts, and keeps its answer cue).
 
-The run directory (--out) is a stage like train.py's: config.json, predictions.json (test and val, train.py's format)
-and metrics.json last, with the sha256 of its outputs and of its inputs (model, data, prompt, weak labels), so a
+The run directory (--out) is a stage like train.py's: config.json, predictions.json (test and val, train.py's
+format; --no-val: test alone) and metrics.json last, with the sha256 of its outputs and of its inputs (model, data, prompt, weak labels), so a
 rerun with the same settings and inputs is skipped and eval.py reads it like any other stage.
 """
 import contextlib
@@ -85,6 +85,8 @@ class PromptConfig:
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on cuda, fp32 on cpu
     threads: int = 0                 # CPU threads for this run; 0 = torch's default
     quiet: bool = False              # plain log lines instead of progress bars
+    val: bool = True                 # also predict val (train.py's format); w2s.py's stages predict test alone, all
+    # its tables read
 
 
 # fields that do not change the numbers, or (model, data, weak labels) are checked by content instead
@@ -300,7 +302,7 @@ def predict_and_save(cfg, job, out):
     max_len = min(cfg.max_length, model.config.block_size)
     pool = job.task.splits["w2s_train"]
     predictions = {}
-    for split in ("test", "val"):
+    for split in ("test", "val") if cfg.val else ("test",):
         rows = job.task.splits[split]
         shots = shots_for(rows, pool, job.pool_labels, cfg.shots, cfg.seed)
         probs = label_probs(model, job.tok, rows, cfg.task, shots, rt, cfg.batch_size, max_len, cfg.quiet)

@@ -214,7 +214,7 @@ def prompt_stage(graph, base, weak, strong, how, shots):
         task=base.task, model=strong, shots=0 if how == "zeroshot" else shots, shot_labels="weak" if how == "weak"
         else "gold", data_dir=base.data_dir, seed=base.seed, limit=base.limit, batch_size=base.batch_size,
         max_length=(1 + (how != "zeroshot") * shots) * base.max_length, device=base.device, dtype=base.dtype,
-        threads=base.threads, quiet=base.quiet,
+        threads=base.threads, quiet=base.quiet, val=False,
         weak_labels=f"{layout.seed_dir}/{layout.at(weak)}weak/predictions.json" if how == "weak" else "")
     graph.add(f"{layout.at(strong)}{prompt_run(how)}", cfg, needs=[f"{layout.at(weak)}weak"] if how == "weak" else (),
               model=strong)
