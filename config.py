@@ -233,9 +233,12 @@ def check_for_task(cfg, task):
                         f"task {task.name} is a classification task")
     if not generation and (cfg.contrastive or cfg.samples > 1):
         raise UserError(f"task {task.name} is a classification task: --contrastive and --samples are for generation")
-    if generation and cfg.train_layers != "all":
+    if generation and cfg.train_layers == "0":
         raise UserError(f"argument --train-layers: task {task.name} is a generation task, whose language model "
-                        "is fine-tuned whole (--train-layers all)")
+                        "has no head of its own to train alone: give K >= 1 top blocks, or all")
+    if generation and cfg.recompute_bottom:
+        raise UserError(f"argument --recompute-bottom: task {task.name} is a generation task, whose frozen bottom "
+                        "runs at every step already (its features are not stored)")
 
 
 def run_seed(cfg):

@@ -249,6 +249,19 @@ class _Truncated:
 PREDICTED = ("test", "val", "w2s_train")  # the splits a classification run predicts (train.py's finish)
 
 
+def freeze_below_top(model, k):
+    """--train-layers K of a language model (generation tasks): only the top K blocks and the final norm learn; the
+    embeddings and the LM head (tied to them in GPT-2 and SmolLM2) stay frozen with the bottom. Its features are not
+    stored: the frozen bottom runs at every step, so the numbers are those of --recompute-bottom."""
+    if k > model.config.n_layer:
+        raise cli.UserError(f"argument --train-layers: {k} is more than the {model.config.n_layer} blocks the model has")
+    trained = {id(p) for block in model.blocks[model.config.n_layer - k:] for p in block.parameters()}
+    trained |= {id(p) for p in (model.norm.parameters() if model.norm is not None else [])}
+    for p in model.parameters():
+        p.requires_grad = id(p) in trained
+    return model
+
+
 def train_on_top(cfg, job, rt, model, max_len):
     """--train-layers K for one run: the whole pretrained `model` fills the store for every text the run will see
     (its training rows, val, and the splits it predicts), is cut to its depth, and the TopBlocks that train are

@@ -95,8 +95,11 @@ def run_one(cfg, force=False):
 
 def train_and_save(cfg, job, rt, out):
     torch.manual_seed(run_seed(cfg))
-    on_top = cfg.train_layers != "all"  # the whole model is loaded: its store holds every depth (features.py)
+    # the whole model is loaded: its store holds every depth (features.py); a language model trains its top in place
+    on_top = cfg.train_layers != "all" and not job.generation
     model = checkpoints.load(job.model_source, job.n_classes, None if on_top else job.depth)
+    if job.generation and cfg.train_layers != "all":
+        model = features.freeze_below_top(model, int(cfg.train_layers))
     max_len = min(cfg.max_length, model.config.block_size)
     if max_len < cfg.max_length:  # the model's context is shorter than --max-length: cut rows to it
         cut = (lambda x: (x[0][:max_len], x[1])) if job.generation else (lambda x: x[:max_len])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import features
 import train
@@ -86,6 +87,8 @@ def test_a_depth_cut_is_part_of_the_models_identity_and_trains_on_its_own_depth(
     (["--train-layers", "0", "--linear-probe"], "--linear-probe is --train-layers 0"),
     (["--recompute-bottom"], "argument --recompute-bottom: is for --train-layers K"),
     (["--train-layers", "0", "--task", "toxicity"], "argument --train-layers: task toxicity is a generation task"),
+    (["--train-layers", "1", "--recompute-bottom", "--task", "toxicity"],
+     "argument --recompute-bottom: task toxicity is a generation task"),
     (["--model-at-depth"], None),
 ])
 def test_bad_train_layers_settings_end_in_one_line(extra, message, shared_data, models, tmp_path):
@@ -111,3 +114,19 @@ def test_weak_train_layers_gives_the_supervisors_their_own_setting(shared_data, 
     assert all("--train-layers 0" in c for c in commands if "--role" in c)
     with pytest.raises(UserError, match="argument --weak-train-layers: must be all or a whole number"):
         w2s.main(["--task", "safety", "--weak-train-layers", "some", "--out", str(tmp_path / "bad")])
+
+
+def test_a_language_model_trains_only_its_top_blocks_and_final_norm(shared_data, models, tmp_path):
+    """Generation tasks: --train-layers 1 changes the top block and the final norm of the saved model and nothing
+    else (embeddings, tied LM head, the bottom blocks keep their pretrained values)."""
+    from safetensors.torch import load_file
+    out = tmp_path / "tox"
+    train.run(train.parse_args(["--task", "toxicity", "--data-dir", str(shared_data), "--limit", "8", "--model",
+                                models[1], "--out", str(out), "--max-length", "48", "--max-new-tokens", "4",
+                                "--epochs", "1", "--batch-size", "4", "--lr", "1e-2", "--quiet", "--role", "weak",
+                                "--train-layers", "1", "--save-checkpoint"]))
+    before = load_file(f"{models[1]}/model.safetensors")
+    after = load_file(str(out / "ckpt" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("h.2.", "ln_f.")) for k in changed), changed
+    assert any(k.startswith("h.2.") for k in changed) and "ln_f.weight" in changed and "wte.weight" not in changed
