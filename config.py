@@ -61,7 +61,8 @@ class TrainConfig:
     # this many epochs (Burns et al.'s generative fine-tuning warm start)
     linear_probe: bool = False       # freeze the backbone, train only the classification head
     train_layers: str = "all"        # all = full fine-tuning; K >= 0 = only the top K blocks and the head (0: a
-    # linear probe) on the frozen bottom's outputs, computed once per text and cached for every stage (features.py)
+    # linear probe) on the frozen bottom's outputs, computed once per text and cached for every stage (features.py);
+    # generation tasks: K >= 1 top blocks and the final norm of the language model, its bottom run at every step
     recompute_bottom: bool = False   # --train-layers K: run the frozen bottom at every step instead of reading its
     # cached outputs (the reference the cache equals)
     select: Literal["best", "final"] = "best"  # weights to predict with: lowest val loss, or the last step
