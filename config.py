@@ -6,6 +6,7 @@ seed, and a task module's own defaults (TRAIN_DEFAULTS). w2s.py builds every sta
 """
 import dataclasses
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -13,6 +14,7 @@ from typing import Literal
 import torch
 
 import cli
+import tracking
 from cli import UserError
 from data import TASKS
 from losses import LOSSES
@@ -38,6 +40,8 @@ class TrainConfig:
     # as fast on 1, and a busy machine slows many threads down far more (the toy task sets 1)
     limit: int | None = None         # cap every split at this many examples (stratified)
     quiet: bool = False              # plain log lines instead of progress bars
+    track: str = ""                  # wandb or tensorboard: log loss, lr, tokens/s and val loss as the run goes,
+    # then its final metrics (tracking.py; pip install -e ".[track]"); "" = off. Changes no number
     # ---- students
     weak_labels: str = ""            # the supervisor's predictions.json; "" = <out>/../weak/predictions.json
     vote: Literal["", "hard", "soft"] = ""  # train on this vote of the weak ensemble (<out>/../ensemble/<vote>)
@@ -139,6 +143,10 @@ def check_run_settings(cfg):
                           ("threads", cfg.threads >= 0, "must be >= 0 (0: torch's default)")]:
         if not ok:
             bad(cfg, flag, why)
+    if cfg.track not in ("", *tracking.TRACKERS):
+        bad(cfg, "track", f"must be {' or '.join(tracking.TRACKERS)} (or empty: off)")
+    if cfg.track and importlib.util.find_spec(cfg.track) is None:
+        bad(cfg, "track", f'needs the {cfg.track} package: pip install -e ".[track]"')
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; every rank takes an equal share of each batch
     if cfg.batch_size % (world * cfg.grad_accum):
         bad(cfg, "batch_size", f"must be a multiple of world size {world} x --grad-accum {cfg.grad_accum}")
@@ -207,7 +215,7 @@ def check_train_layers(cfg):
 
 
 # fields that do not change the numbers (or, like paths, are checked by content instead: model, data, supervisor)
-NOT_COMPARED = ("out", "data_dir", "weak_labels", "model", "log_every", "device", "compile", "quiet")
+NOT_COMPARED = ("out", "data_dir", "weak_labels", "model", "log_every", "device", "compile", "quiet", "track")
 
 
 def comparable(cfg):

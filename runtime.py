@@ -2,7 +2,7 @@
 Where and how one process computes: the device (--device auto resolved), the precision (bf16 autocast on CUDA, fp32
 on CPU: numerics(), which a rerun compares), DistributedDataParallel under torchrun (rank, world size, the process
 group, rank 0's number broadcast to every rank, the model wrapped for DDP and torch.compile), torch's CPU threads,
-and the run's log (log.txt and stdout).
+and the run's log (log.txt and stdout; with --track also the tracker, tracking.py).
 """
 import contextlib
 import os
@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+import tracking
 from predict import Classifier
+
+
 @dataclass
 class Runtime:
     """Where and how this process computes, and where it logs."""
@@ -22,6 +25,7 @@ class Runtime:
     log_file: object = None
     name: str = ""
     bar: object = None
+    track: tracking.Tracker = tracking.OFF  # where the loop's numbers are also logged (--track)
 
     @property
     def master(self):

@@ -8,6 +8,7 @@ Train one model of a weak-to-strong experiment, nanoGPT style: arguments into a 
     python train.py --task safety --role student --vote hard  # ... on the ensemble's majority vote (or soft: mean)
     python train.py --task safety --weak random:gpt2 ...      # random-init GPT-2 shape: smoke runs and timing
     torchrun --nproc_per_node 2 train.py ...                  # DistributedDataParallel
+    python train.py ... --track tensorboard                   # also log loss, lr, tokens/s, val loss (or wandb)
 
 Every run writes one directory (--out): config.json (full config, data summary, model identity), log.txt,
 predictions.json (test, val and w2s_train), with --save-checkpoint the selected weights in ckpt/ (safetensors), and
@@ -35,6 +36,7 @@ import ensemble
 import features
 import labels
 import rundir
+import tracking
 from batching import bucketed_batches, collate, lm_targets
 from cli import UserError
 from config import TrainConfig, check_config, comparable, default_out, run_seed
@@ -86,9 +88,13 @@ def run_one(cfg, force=False):
             rundir.remove_leftovers(out)
             rt.log_file = open(out / "log.txt", "w")
         rt.name = out.name
+        rt.track = tracking.start(cfg, out) if rt.master else tracking.OFF
         try:
-            return train_and_save(cfg, job, rt, out)
+            result = train_and_save(cfg, job, rt, out)
+            rt.track.finish({k: v for k, v in (result or {}).items() if k not in ("outputs", "inputs")})
+            return result
         finally:
+            rt.track.finish()  # a run that failed ends its tracked run too (done already otherwise)
             if rt.log_file:
                 rt.log_file.close()
 
@@ -299,12 +305,14 @@ def log_step(rt, state, plan, epoch, loss, sched):
     lossf = loss.item()  # the only sync in the step, at log intervals
     if not math.isfinite(lossf):
         raise UserError(f"loss became {lossf} at step {step}: lower --lr, or check the data")
-    dt = time.time() - state.t0
+    dt, lr = time.time() - state.t0, sched.get_last_lr()[0]
     if rt.bar is not None:
         rt.bar.set_postfix(epoch=epoch, loss=f"{lossf:.4f}", tok_s=f"{state.tokens_seen / dt:,.0f}")
-    rt.log(f"step {step}/{total_steps} epoch {epoch} loss {lossf:.4f} lr {sched.get_last_lr()[0]:.2e} "
+    rt.log(f"step {step}/{total_steps} epoch {epoch} loss {lossf:.4f} lr {lr:.2e} "
            f"tok/s {state.tokens_seen / dt:,.0f} pad {state.padding_fraction:.1%} "
            f"eta {dt / step * (total_steps - step):.0f}s")
+    rt.track.log(step, {"train/loss": lossf, "train/lr": lr, "train/tokens_per_s": state.tokens_seen / dt,
+                        "train/padding_fraction": state.padding_fraction, "train/epoch": epoch})
 
 
 def validate(cfg, job, rt, raw_model, mixer, state):
@@ -317,6 +325,7 @@ def validate(cfg, job, rt, raw_model, mixer, state):
         raise UserError(f"validation loss became {val_loss} at step {state.step}: lower --lr, or check the data")
     improved = val_loss < state.best["val_loss"]
     rt.log(f"step {state.step} val_loss {val_loss:.4f}{' (best)' if improved else ''}")
+    rt.track.log(state.step, {"val/loss": val_loss})
     state.last_val_loss = val_loss
     if improved:
         state.best = {"val_loss": val_loss, "step": state.step,  # only rank 0 predicts, so only it keeps weights

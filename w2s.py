@@ -9,6 +9,7 @@ A whole weak-to-strong experiment in one command, resumable, into one run direct
     python w2s.py --task burns                      # Burns et al.'s NLP tasks, one combined PGR table and plot
     python w2s.py --task safety --print-commands    # the train.py command of every stage, in dependency order
     python w2s.py --task safety --jobs 4            # independent stages in 4 worker processes (one GPU each)
+    python w2s.py --track tensorboard               # also log every stage's curves and the results (or wandb)
 
 Stages for every seed (each one a train.py run; a finished stage is skipped on rerun; stages.py builds them, this
 file runs them, one after another or in --jobs worker processes):
@@ -49,6 +50,7 @@ import job
 import report
 import rundir
 import runtime
+import tracking
 from cli import UserError
 from data import TASKS
 from prompting import prompt_of
@@ -333,6 +335,7 @@ def run_experiment(cfg, base, out):
         results["timing"] = {"stage_seconds": {k: round(v, 2) for k, v in stage_seconds.items()},
                              "total_seconds": round(sum(stage_seconds.values()), 2)}
         evaluation.write_results(out, results)
+        tracking.log_experiment(base, out, results)
     print((out / "results.md").read_text())
     print(f"results: {', '.join(str(p) for p in sorted(out.glob('results*')))}", flush=True)
     return results
