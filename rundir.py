@@ -187,10 +187,11 @@ def diff(old, new):
 
 
 def owned(out):
-    """What a w2s run puts in OUT (everything --overwrite may delete)."""
+    """What a w2s run puts in OUT (everything --overwrite may delete; W&B's offline runs, maybe not synced yet, stay)."""
     out = Path(out)
     return [p for p in out.iterdir() if re.fullmatch(r"seed\d+", p.name) and p.is_dir()
-            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png") or p.name.startswith("results_")]
+            or p.name in (EXPERIMENT, "results.json", "results.md", "results.png", "tensorboard")
+            or p.name.startswith("results_")]
 
 
 def check_experiment(out, experiment, overwrite):
