@@ -13,10 +13,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = {  # flags that the README and the issues name for each script
-    "w2s.py": ["--task", "--weak", "--strong", "--ensemble", "--seeds", "--out", "--scorer"],
+    "w2s.py": ["--task", "--weak", "--strong", "--ensemble", "--seeds", "--out", "--scorer", "--track"],
     "train.py": ["--task", "--role", "--model", "--out", "--data-dir", "--seed", "--device", "--limit",
                  "--weak-labels", "--hard-labels", "--loss", "--linear-probe", "--ensemble", "--vote",
-                 "--grad-checkpoint", "--compile", "--max-new-tokens", "--samples", "--top-p", "--loss-on"],
+                 "--grad-checkpoint", "--compile", "--max-new-tokens", "--samples", "--top-p", "--loss-on", "--track"],
     "eval.py": ["--n-boot"],
     "bench.py": ["--device", "--json", "--quick", "--data-dir", "--compile", "--suite", "--sections", "--memory"],
 }
