@@ -10,7 +10,8 @@ Train one model of a weak-to-strong experiment, nanoGPT style: arguments into a 
     torchrun --nproc_per_node 2 train.py ...                  # DistributedDataParallel
 
 Every run writes one directory (--out): config.json (full config, data summary, model identity), log.txt,
-predictions.json (test, val and w2s_train), with --save-checkpoint the selected weights in ckpt/ (safetensors), and
+predictions.json (test, val and w2s_train), with --save-checkpoint the selected weights in ckpt/ (safetensors; with
+--lora-rank the adapters merged into them, or with --lora-save adapters the adapters and head alone: lora.py), and
 metrics.json last: it records the sha256 of every file written and of everything the run was trained on (model,
 data, supervisor labels), so a rerun skips the run only when all of them still match.
 """
