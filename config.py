@@ -69,6 +69,11 @@ class TrainConfig:
     # generation tasks: K >= 1 top blocks and the final norm of the language model, its bottom run at every step
     recompute_bottom: bool = False   # --train-layers K: run the frozen bottom at every step instead of reading its
     # cached outputs (the reference the cache equals)
+    lora_rank: int = 0               # > 0: LoRA (lora.py): freeze the model, train rank-R adapters of every attention
+    # and MLP projection and, for classification, the head in full; 0 = no LoRA
+    lora_alpha: float = 8.0          # --lora-rank: the adapters' update is scaled by alpha / rank (peft's default 8)
+    lora_save: Literal["merged", "adapters"] = "merged"  # --lora-rank with --save-checkpoint: ckpt/ holds the
+    # adapters merged into the weights (a standard checkpoint), or the adapters and head alone (with the base's name)
     select: Literal["best", "final"] = "best"  # weights to predict with: lowest val loss, or the last step
     # (openai/weak-to-strong's protocol; early stopping is then off)
     # ---- bootstrap ensembles of weak supervisors
@@ -201,6 +206,7 @@ def check_student_settings(cfg):
     if cfg.loss == "logconf" and cfg.learned:
         bad(cfg, "loss", "logconf's hardening needs fixed targets; --learned mixes them while training")
     check_train_layers(cfg)
+    check_lora(cfg)
 
 
 def check_train_layers(cfg):
@@ -212,6 +218,21 @@ def check_train_layers(cfg):
                                  "--genft-epochs fine-tunes the whole model")
     if cfg.recompute_bottom and cfg.train_layers == "all":
         bad(cfg, "recompute_bottom", "is for --train-layers K (nothing is frozen with all)")
+
+
+def check_lora(cfg):
+    """--lora-rank R: its own knobs, and the ways of freezing a model it cannot be combined with."""
+    if cfg.lora_rank < 0:
+        bad(cfg, "lora_rank", "must be a whole number of adapter dimensions >= 1 (0: no LoRA)")
+    if not cfg.lora_rank:
+        if cfg.lora_alpha != TrainConfig.lora_alpha or cfg.lora_save != TrainConfig.lora_save:
+            bad(cfg, "lora_rank", "must be >= 1 for --lora-alpha and --lora-save (LoRA is off at 0)")
+        return
+    if not cfg.lora_alpha > 0:
+        bad(cfg, "lora_alpha", "must be > 0")
+    if cfg.train_layers != "all" or cfg.linear_probe:
+        bad(cfg, "lora_rank", "adapts every block of the model: it needs --train-layers all and no --linear-probe "
+                              "(--train-layers K trains the top K blocks in full instead)")
 
 
 # fields that do not change the numbers (or, like paths, are checked by content instead: model, data, supervisor)

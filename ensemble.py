@@ -37,7 +37,8 @@ def vote(member_probs, how):
 def vote_continuations(cfg, task, out, members, tok, rt):
     """Generation: the members decode together, token by token (generation.py): soft = their mean next-token
     probabilities, hard = the token most of them pick. Written to out/hard and out/soft."""
-    models = [checkpoints.load(rundir.verified(d, "ckpt/config.json").parent).to(rt.device) for d in members]
+    saved = ["ckpt/config.json" if (d / "ckpt/config.json").is_file() else "ckpt/adapter_config.json" for d in members]
+    models = [checkpoints.load(rundir.verified(d, s).parent).to(rt.device) for d, s in zip(members, saved)]
     max_len = min([cfg.max_length] + [m.config.block_size for m in models])
     written = []
     for how in ("hard", "soft"):

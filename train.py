@@ -11,7 +11,8 @@ Train one model of a weak-to-strong experiment, nanoGPT style: arguments into a 
     python train.py ... --track tensorboard                   # also log loss, lr, tokens/s, val loss (or wandb)
 
 Every run writes one directory (--out): config.json (full config, data summary, model identity), log.txt,
-predictions.json (test, val and w2s_train), with --save-checkpoint the selected weights in ckpt/ (safetensors), and
+predictions.json (test, val and w2s_train), with --save-checkpoint the selected weights in ckpt/ (safetensors; with
+--lora-rank the adapters merged into them, or with --lora-save adapters the adapters and head alone: lora.py), and
 metrics.json last: it records the sha256 of every file written and of everything the run was trained on (model,
 data, supervisor labels), so a rerun skips the run only when all of them still match.
 """
@@ -35,6 +36,7 @@ import config
 import ensemble
 import features
 import labels
+import lora
 import rundir
 import tracking
 from batching import bucketed_batches, collate, lm_targets
@@ -114,9 +116,14 @@ def train_and_save(cfg, job, rt, out):
     if cfg.linear_probe:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("score")
+    if cfg.lora_rank:
+        lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model.to(rt.device)
     rt.log(f"task {job.task.name} ({job.task.kind}) role {cfg.role} model {cfg.model or job.model_source} "
            f"({model.num_params():,} parameters) train {len(job.train_x)} val {len(job.val_x)}")
+    if cfg.lora_rank:
+        rt.log(f"LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha} on {len(lora.lora_layers(model))} projections: "
+               f"training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters")
     t0, extra = time.time(), {}
     if on_top:
         model = features.train_on_top(cfg, job, rt, model, max_len)
@@ -385,8 +392,9 @@ def finish(cfg, job, rt, model, stats, out, max_len, t0):
               "torch": torch.__version__, "argv": sys.argv}
     rundir.write_json(out / "config.json", record)
     rundir.write_json(out / "predictions.json", predictions)
-    if cfg.save_checkpoint:
-        model.save_pretrained(out / "ckpt")
+    if cfg.save_checkpoint:  # last use of the model: merging LoRA adapters into it in place is safe here
+        base = {"source": job.model_source, "depth": job.depth, "seed": run_seed(cfg), "identity": job.inputs["model"]}
+        lora.save_checkpoint(model, out / "ckpt", cfg.lora_save, base)
         written.append("ckpt")
     result |= {"outputs": rundir.outputs_of(out, written), "inputs": job.inputs}
     rundir.write_json(out / "metrics.json", result)  # last: marks the run as done

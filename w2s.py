@@ -234,6 +234,9 @@ def parse_args(argv=None):
     if cfg.weak_train_layers not in ("", "all") and not cfg.weak_train_layers.isdigit():
         raise UserError("argument --weak-train-layers: must be all or a whole number of top blocks >= 0 "
                         f"(got {cfg.weak_train_layers})")
+    if base.lora_rank and cfg.weak_train_layers not in ("", "all"):
+        raise UserError("argument --weak-train-layers: --lora-rank adapts the whole model of every stage, the "
+                        f"supervisors' too, so it needs all (got {cfg.weak_train_layers})")
     return cfg, base
 
 

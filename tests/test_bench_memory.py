@@ -68,6 +68,22 @@ def test_grad_checkpoint_lowers_the_activation_peak():
     assert ckpt["Parameter"] == plain["Parameter"] and ckpt["Optstate"] == plain["Optstate"]
 
 
+@pytest.mark.parametrize("dtype, ckpt", [("fp32", False), ("bf16", True)])
+def test_lora_estimate_equals_the_real_step_and_counts_only_the_trained_tensors_state(dtype, ckpt):
+    real = bench_memory.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=False, lora_rank=4)
+    fake = bench_memory.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=True, lora_rank=4)
+    assert fake == real
+    model = bench_memory.classifier_of_shape(SHAPE, ckpt, lora_rank=4)
+    trained = [p for p in model.parameters() if p.requires_grad]  # 4 blocks x 4 projections x (A, B) + score
+    n_trained = sum(p.numel() for p in trained)
+    assert len(trained) == 33
+    assert real["Parameter"] == 4 * model.num_params()  # the frozen weights too
+    assert real["Optstate"] == 2 * 4 * n_trained + 4 * len(trained)  # AdamW's state of the trained tensors only
+    assert 0 < real["Gradient"] <= 4 * n_trained
+    full = bench_memory.step_memory(SHAPE, B, T, ckpt, dtype, "cpu", fake=True)
+    assert real["Total"] < full["Total"] and real["Optstate"] < full["Optstate"] / 10
+
+
 def test_memory_mode_prints_its_table_and_json(capsys):
     res = bench.main(["--memory", "--shape", "tiny", "--batch-size", "2", "--seq-len", "16", "--dtype", "fp32"])
     rows = res["memory"]["rows"]
@@ -79,3 +95,16 @@ def test_memory_mode_prints_its_table_and_json(capsys):
     assert "peak memory of one training step" in out and "Adam" in out
     bench.main(["--memory", "--shape", "tiny", "--batch-size", "2", "--seq-len", "16", "--dtype", "fp32", "--json"])
     assert '"memory"' in capsys.readouterr().out
+    res = bench.main(["--memory", "--shape", "tiny", "--batch-size", "2", "--seq-len", "16", "--dtype", "fp32",
+                      "--lora-rank", "4"])
+    assert [(r["lora_rank"], r["grad_checkpoint"]) for r in res["memory"]["rows"]] == [(0, False), (0, True),
+                                                                                        (4, False), (4, True)]
+    assert "lora" in capsys.readouterr().out
+
+
+def test_the_7b_shape_has_llama_2_7bs_parameter_count():
+    # 6,738,415,616: Llama-2-7B's published count (untied 32000 x 4096 embedding and LM head, 32 blocks of 4096-wide
+    # attention and an 11008-wide SwiGLU), built on the meta device
+    with torch.device("meta"):
+        model = bench_memory.classifier_of_shape(bench.LLAMA_SHAPES["llama2-7b"], False)
+    assert model.num_params() - model.score.weight.numel() == 6_738_415_616

@@ -128,3 +128,20 @@ def test_learned_member_weights_take_the_single_process_step_under_ddp(tiny_mode
     assert abs(single["member_weights"][0] - 0.5) > 1e-3  # the mix moved
     assert dist["member_weights"] == pytest.approx(single["member_weights"], abs=1e-5)
     torch.testing.assert_close(dist_probs, single_probs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_takes_the_single_process_step_under_ddp(tiny_model, shared_data, tmp_path):
+    # DDP with frozen parameters: only the adapters and the head are all-reduced, and every one of them gets a
+    # gradient at each step (an unused trained parameter would hang DDP's reducer)
+    lora = ["--lora-rank", "4", "--lora-alpha", "16", "--max-steps", "2", "--select", "final"]
+    ddp = torchrun([*ARGS, "--model", str(tiny_model), "--data-dir", str(shared_data), "--out", str(tmp_path / "ddp"),
+                    *lora])
+    single, single_probs = run_in_process(tmp_path / "single", tiny_model, shared_data, *lora)
+    full, full_probs = run_in_process(tmp_path / "full", tiny_model, shared_data, "--max-steps", "2", "--select", "final")
+    log, _ = ddp.communicate(timeout=120)
+    assert ddp.returncode == 0, log[-3000:]
+    dist, dist_probs = read(tmp_path / "ddp")
+    assert (single_probs - full_probs).abs().max() > 1e-3  # LoRA's step is not full fine-tuning's
+    torch.testing.assert_close(dist_probs, single_probs, rtol=0, atol=1e-5)
+    assert dist["best_val_loss"] == pytest.approx(single["best_val_loss"], rel=1e-5, abs=1e-6)
