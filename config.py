@@ -74,8 +74,9 @@ class TrainConfig:
     lora_alpha: float = 8.0          # --lora-rank: the adapters' update is scaled by alpha / rank (peft's default 8)
     lora_save: Literal["merged", "adapters"] = "merged"  # --lora-rank with --save-checkpoint: ckpt/ holds the
     # adapters merged into the weights (a standard checkpoint), or the adapters and head alone (with the base's name)
-    select: Literal["best", "final"] = "best"  # weights to predict with: lowest val loss, or the last step
-    # (openai/weak-to-strong's protocol; early stopping is then off)
+    select: Literal["best", "final", "objective"] = "best"  # weights to predict with: lowest val loss against the
+    # supervisor's labels (cross entropy), the last step (openai/weak-to-strong's protocol; no early stopping), or
+    # lowest val value of the student's own training loss (--loss with its schedule at that step)
     # ---- bootstrap ensembles of weak supervisors
     ensemble: int = 1                # K > 1: K members, each on a bootstrap resample of weak_train, and their votes
     member: int = -1                 # >= 0: this run is ensemble member k (bootstrap resample, own init seed)
@@ -240,7 +241,10 @@ NOT_COMPARED = ("out", "data_dir", "weak_labels", "model", "log_every", "device"
 
 
 def comparable(cfg):
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_COMPARED}
+    """The settings a finished stage must match. LoRA's knobs count only with LoRA on, so stages run before LoRA
+    existed (the same numbers) are still found done."""
+    off = ("lora_rank", "lora_alpha", "lora_save") if not cfg.lora_rank else ()
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_COMPARED + off}
 
 
 def default_out(cfg):

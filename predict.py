@@ -13,7 +13,12 @@ from generation import generate_split
 from losses import xent_loss
 
 @torch.no_grad()
-def evaluate_loss(model, job, rt, cfg, mixer=None):
+def evaluate_loss(model, job, rt, cfg, mixer=None, objective=None):
+    """Val loss: cross entropy against the supervisor's labels (the LM loss for generation), or with `objective`
+    (logits, targets) -> loss, that loss over all of val at once (--select objective: the student's own training
+    loss, logconf's threshold taken over val)."""
+    if objective is not None and not job.generation:
+        return objective_loss(model, job, rt, cfg, mixer, objective)
     model.eval()
     total, count = 0.0, 0
     val_x = job.val_x
@@ -37,6 +42,19 @@ def evaluate_loss(model, job, rt, cfg, mixer=None):
             total += xent_loss(logits.float(), y).item() * len(batch)
             count += len(batch)
     return total / max(1, count)
+
+
+@torch.no_grad()
+def objective_loss(model, job, rt, cfg, mixer, objective):
+    model.eval()
+    logits, targets = [], []
+    for batch in bucketed_batches([len(x) for x in job.val_x], cfg.batch_size, 0, 0, shuffle=False):
+        idx, mask = job.collate([job.val_x[i] for i in batch], rt.device)
+        y = torch.tensor(np.stack([job.val_targets[i] for i in batch]), dtype=torch.float32, device=rt.device)
+        targets.append(mixer(y) if mixer is not None else y)
+        with rt.autocast:
+            logits.append(model.classify(idx, mask).float())
+    return objective(torch.cat(logits), torch.cat(targets)).item()
 
 
 def predict_splits(model, job, rt, cfg, max_len, splits):

@@ -266,7 +266,7 @@ def train_loop(cfg, job, rt, raw_model):
             if state.step % cfg.log_every == 0 or state.step == plan.total_steps:
                 log_step(rt, state, plan, epoch, loss, sched)
             if state.step % plan.eval_every == 0 or state.step >= plan.total_steps:
-                done = validate(cfg, job, rt, raw_model, mixer, state)
+                done = validate(cfg, job, rt, raw_model, mixer, state, plan.total_steps)
             if done or state.step >= plan.total_steps:
                 done = True
                 break
@@ -322,10 +322,15 @@ def log_step(rt, state, plan, epoch, loss, sched):
                         "train/padding_fraction": state.padding_fraction, "train/epoch": epoch})
 
 
-def validate(cfg, job, rt, raw_model, mixer, state):
-    """Validation loss now; the weights kept when it is the best so far. Returns whether to stop early (--patience
-    evaluations without improvement, with --select best)."""
-    val_loss = evaluate_loss(raw_model, job, rt, cfg, mixer) if rt.master else 0.0
+def validate(cfg, job, rt, raw_model, mixer, state, total_steps):
+    """Validation loss now (--select objective: the student's own loss at this step); the weights kept when it is
+    the best so far. Returns whether to stop early (--patience evaluations without improvement, unless --select
+    final)."""
+    objective = None
+    if cfg.select == "objective":
+        kwargs = loss_kwargs(cfg, state.step, total_steps, None)
+        objective = lambda logits, y: LOSSES[cfg.loss](logits, y, **kwargs)  # noqa: E731
+    val_loss = evaluate_loss(raw_model, job, rt, cfg, mixer, objective) if rt.master else 0.0
     if rt.ddp:  # rank 0's number for every rank: one early-stopping decision, or the next all-reduce hangs
         val_loss = broadcast_float(val_loss, rt.device)
     if not math.isfinite(val_loss):
@@ -337,10 +342,10 @@ def validate(cfg, job, rt, raw_model, mixer, state):
     if improved:
         state.best = {"val_loss": val_loss, "step": state.step,  # only rank 0 predicts, so only it keeps weights
                       "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
-                      if rt.master and cfg.select == "best" else None,
+                      if rt.master and cfg.select != "final" else None,
                       "member_weights": mixer.weights().tolist() if mixer is not None else None}
         state.evals_since_best = 0
-    elif cfg.select == "best":
+    elif cfg.select != "final":
         state.evals_since_best += 1
         if state.evals_since_best >= cfg.patience:
             rt.log(f"early stop at step {state.step}: no val improvement in {cfg.patience} evals")
@@ -355,11 +360,11 @@ def loop_stats(cfg, job, raw_model, mixer, state):
     best = state.best
     if best["state"] is not None:
         raw_model.load_state_dict(best["state"])
-    selected = best if cfg.select == "best" else {"val_loss": state.last_val_loss, "step": state.step}
+    selected = best if cfg.select != "final" else {"val_loss": state.last_val_loss, "step": state.step}
     stats = {"best_step": selected["step"], "best_val_loss": selected["val_loss"], "select": cfg.select,
              "steps": state.step, "train_examples": len(job.train_x), "padding_fraction": state.padding_fraction}
     if mixer is not None:  # the mix the selected student was trained on up to its step
-        weights = best.get("member_weights") if cfg.select == "best" else None
+        weights = best.get("member_weights") if cfg.select != "final" else None
         weights = weights or mixer.weights().tolist()
         stats["member_weights"] = [round(w, 6) for w in weights]
     return stats

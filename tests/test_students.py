@@ -1,5 +1,6 @@
 """Student methods inside train.py (the losses and label transforms themselves are tested in test_losses.py and
-test_labels.py): generative fine-tuning never sees a label, --select final predicts with the last weights, the
+test_labels.py): generative fine-tuning never sees a label, --select final predicts with the last weights and --select
+objective with the lowest val value of the student's own loss, the
 selective student replaces exactly the confident weak labels, the learned student writes its member weights."""
 import json
 
@@ -69,6 +70,29 @@ def test_select_final_predicts_with_the_last_weights(shared_data, models, weak_l
     probs = {name: json.loads((tmp_path / name / "predictions.json").read_text())["test"]["probs"]
              for name in ("best", "final", "last_is_best")}
     assert probs["final"] == probs["last_is_best"] != probs["best"]
+
+
+def test_select_objective_keeps_the_step_where_the_students_own_loss_on_val_is_lowest(
+        shared_data, models, weak_labels, tmp_path):
+    """--select objective with logconf: the recorded val loss is logconf's (its coefficient at the selected step,
+    its threshold over val) of the kept weights' val predictions against the weak labels, and differs from the
+    cross entropy --select best records."""
+    from losses import LOSSES, aux_coef
+    base = ["--role", "student", "--model", models[1], "--weak-labels", str(weak_labels), "--loss", "logconf",
+            "--patience", "100"]
+    metrics = run(shared_data, tmp_path / "objective", *base, "--select", "objective")
+    cfg = train.parse_args(COMMON + ["--data-dir", str(shared_data), "--out", str(tmp_path / "objective"), *base])
+    prepared = job.prepare(cfg)
+    val = json.loads((tmp_path / "objective" / "predictions.json").read_text())["val"]
+    targets = torch.tensor(np.stack(prepared.val_targets), dtype=torch.float32)
+    assert val["ids"] == [r["id"] for r in prepared.task.splits["val"]]
+    coef = aux_coef(metrics["best_step"], train.plan_steps(cfg, prepared, type("R", (), {"world": 1})()).total_steps,
+                    cfg.aux_coef, cfg.aux_warmup, cfg.aux_schedule)
+    expected = LOSSES["logconf"](torch.log(torch.tensor(val["probs"])), targets, coef=coef).item()
+    assert metrics["select"] == "objective"
+    assert abs(metrics["best_val_loss"] - expected) < 1e-4
+    best = run(shared_data, tmp_path / "best", *base)
+    assert abs(best["best_val_loss"] - expected) > 1e-3  # the cross entropy is another number
 
 
 def test_selective_student_replaces_exactly_the_confident_weak_labels(shared_data, models, weak_labels, tmp_path):
