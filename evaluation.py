@@ -221,6 +221,19 @@ def _member_weights(seed_dir, exp):
     return weights
 
 
+def _selection(out_dir, exp):
+    """{run: the weights it predicted with} (metrics.json's select: best, final, objective) of every listed run
+    trained by train.py, from its first finished seed; a run whose seeds disagree lists every rule it used."""
+    rules = {}
+    for s in exp["seeds"]:
+        for run in exp["runs"]:
+            record = Path(out_dir) / f"seed{s}" / run["stage"] / "metrics.json"
+            select = cli.read_json(record).get("select") if record.is_file() else None
+            if select and select not in rules.setdefault(run["name"], []):
+                rules[run["name"]].append(select)
+    return {name: "/".join(r) for name, r in rules.items() if r}
+
+
 def _n_params(out_dir, exp):
     """{model label: parameter count} of a sweep's models, from their first finished stage's config.json."""
     if not exp.get("sweep"):
@@ -310,7 +323,7 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
     results = {"out_dir": str(out_dir), "kind": exp["kind"], "n_boot": n_boot, "bootstrap_seed": seed,
                "metrics": list(METRICS), "seeds": {}, "skipped": [], "description": exp.get("description", {}),
                "students": exp["students"], "table_rows": [r["name"] for r in exp["runs"] if r.get("table", True)],
-               "sweep": exp.get("sweep"), "n_params": _n_params(out_dir, exp)}
+               "sweep": exp.get("sweep"), "n_params": _n_params(out_dir, exp), "selection": _selection(out_dir, exp)}
     scorers, metric_names = {}, {}
     for s in exp["seeds"]:
         seed_dir = out_dir / f"seed{s}"

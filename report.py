@@ -147,7 +147,7 @@ def format_generation_table(results):
     header_row = ["Model", "Supervisor"] + [TOXICITY_NAMES[k] for k in headline] + [f"PGR {TOXICITY_NAMES[k]}" for k in headline]
     lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in names:
-        row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", "")]
+        row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", ""), _weights_cell(results, name)]
         row += [_run_cell(results, name, k) for k in headline] + [_pgr_cell(results, name, k) for k in headline]
         lines.append("| " + " | ".join(row) + " |")
     lines += gap_table(results, headline, [TOXICITY_NAMES[k] for k in headline])
@@ -236,6 +236,18 @@ def _member_weights_table(results):
     return lines
 
 
+# metrics.json's select -> what results.md says of the weights a run predicts with
+WEIGHTS = {"best": "best val xent", "final": "final", "objective": "best val own loss"}
+
+
+def _weights_cell(results, name):
+    """The checkpoint rule of a student row (a chain's, a sweep's too); supervisors and ceilings say nothing (theirs
+    is best val xent, unless every stage was given another rule: the header says so)."""
+    if name not in results["summary"]["pgr"]:
+        return ""
+    return "/".join(WEIGHTS.get(r, r) for r in results.get("selection", {}).get(name, "").split("/") if r)
+
+
 def format_table(results):
     """Markdown table shaped like Ye et al.'s Table 1: one row per model, PGR (with its 95% CI for one seed, mean
     +- std over seeds otherwise) for the students; then the students' diagnostics."""
@@ -255,12 +267,12 @@ def format_table(results):
                                "PGR is n/a where the ceiling is not clearly better than the supervisor (the 95% "
                                "interval of their gap, below the table, includes 0).", ""]
     lines += _sweep_tables(results) if results.get("sweep") else []
-    header_row = ["Model", "Supervisor"] + list(titles.values()) + [f"PGR {v}" for v in titles.values()]
+    header_row = ["Model", "Supervisor", "Weights"] + list(titles.values()) + [f"PGR {v}" for v in titles.values()]
     lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in results["table_rows"]:
         if name not in results["summary"]["runs"]:
             continue
-        row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", "")]
+        row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", ""), _weights_cell(results, name)]
         row += [_run_cell(results, name, k) for k in TABLE_METRICS] + [_pgr_cell(results, name, k) for k in TABLE_METRICS]
         lines.append("| " + " | ".join(row) + " |")
     lines += gap_table(results, list(TABLE_METRICS), list(titles.values()))

@@ -42,13 +42,16 @@ STUDENTS = {
     "contrastive": ("contrastive", {}),              # generation: ConG's contrastive decoding of the weak model
     #                                                  (weak/contrastive, written by the weak stage)
 }
+# the weights each student predicts with when w2s.py --select is not given (train.py --select): best = lowest val
+# cross entropy against its supervisor's labels, final = the last step, objective = lowest val value of its own loss
+SELECT = {s: "best" for s in STUDENTS}
 ENSEMBLE_STUDENTS = ("hard", "soft", "learned")
 PROMPTINGS = ("zeroshot", "gold", "weak")  # --prompting: the strong model zero-shot, few-shot with gold / weak labels
 GENERATION_STUDENTS = ("naive", "hard", "soft", "contrastive")  # votes decode token by token (generation.py)
 CLASSIFICATION_STUDENTS = tuple(s for s in STUDENTS if s != "contrastive")
 # train.py flags that w2s.py sets per stage; every other train.py flag applies to every stage as given
 PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "member", "ensemble", "loss", "learned",
-             "selective", "fold", "genft_epochs")
+             "selective", "fold", "genft_epochs", "select")
 # train.py flags that only some students read: other stages keep the defaults, so changing one reruns only those
 KNOBS = {"aux_coef": ("logconf", "entropy"), "aux_warmup": ("logconf", "entropy"), "aux_schedule": ("logconf", "entropy"),
          "product_alpha": ("product",), "product_beta": ("product",), "window_radius": ("window",),
@@ -113,6 +116,7 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
     ensemble = cfg.ensemble if set(ENSEMBLE_STUDENTS) & set(students) else 0
     layout = Layout(f"seed{seed}", {m: model_label(m) for m in list(models) + list(chain)}, bool(cfg.sizes))
     graph = Graph(layout, kind == "generation")
+    base = dataclasses.replace(base, select=cfg.select or "best")  # supervisors and ceilings; students: their own
     supervising = dataclasses.replace(base, train_layers=cfg.weak_train_layers or base.train_layers)  # its own
     for weak in models[:-1]:  # every model but the largest supervises
         weak_stages(graph, supervising, weak, ensemble, "contrastive" in students)
@@ -121,9 +125,10 @@ def stages_of_seed(cfg, base, kind, seed, models, chain=()):
     for i, weak in enumerate(models):
         for strong in models[i + 1:]:
             for s in students:
-                student_stage(graph, base, weak, strong, s, student_settings(s, knobs, cfg.genft_epochs))
+                student_stage(graph, base, weak, strong, s, student_settings(s, knobs, cfg))
     if chain:
-        chain_stages(graph, base, models, chain, "naive" in students)
+        chain_stages(graph, dataclasses.replace(base, select=select_of(cfg, "naive")), models, chain,
+                     "naive" in students)  # each step is a naive student
     for how in prompting_names(cfg):  # the strongest model, untrained; weak shots from the weakest
         prompt_stage(graph, base, models[0], models[-1], how, cfg.shots)
     if not layout.sweep:  # a pair's table reads supervisors, prompting, then students, then the ceiling
@@ -150,10 +155,16 @@ def weak_stages(graph, base, weak, ensemble, contrastive):
               extra_runs={f"{at}ensemble/{how}": f"{at}ensemble/{how}" for how in ("hard", "soft")})
 
 
-def student_settings(s, knobs, genft_epochs):
-    """train.py settings of student `s`: its method's own (STUDENTS), and the flags only it reads (KNOBS) as given."""
-    settings = STUDENTS[s][1] | {k: knobs[k] for k, users in KNOBS.items() if s in users}
-    return settings | ({"genft_epochs": genft_epochs} if s == "genft" else {})
+def student_settings(s, knobs, cfg):
+    """train.py settings of student `s`: its method's own (STUDENTS), the flags only it reads (KNOBS) as given, and
+    its checkpoint rule (--select, else SELECT)."""
+    settings = STUDENTS[s][1] | {k: knobs[k] for k, users in KNOBS.items() if s in users} | {"select": select_of(cfg, s)}
+    return settings | ({"genft_epochs": cfg.genft_epochs} if s == "genft" else {})
+
+
+def select_of(cfg, student):
+    """The checkpoint rule of a student: --select as given, else the method's own (SELECT)."""
+    return cfg.select or SELECT[student]
 
 
 def student_stage(graph, base, weak, strong, s, settings):

@@ -55,7 +55,8 @@ from cli import UserError
 from data import TASKS
 from prompting import prompt_of
 from data import common as data_common
-from stages import PER_STAGE, command, model_label, prompting_names, run_stage, stage_cfg, stages_of_seed, student_names
+from stages import (PER_STAGE, command, model_label, prompting_names, run_stage, select_of, stage_cfg, stages_of_seed,
+                    student_names)
 from tokenizer import load_tokenizer
 
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
@@ -82,6 +83,8 @@ class W2SConfig:
     prompting: str = ""         # prompting baselines of the strong model, untrained (stages.PROMPTINGS: zeroshot,
     # gold, weak, or all; prompting.py): rows of the same table, on the same test rows and bootstrap
     shots: int = 8              # --prompting gold / weak: examples of w2s_train in each prompt
+    select: Literal["", "best", "final", "objective"] = ""  # the weights every stage predicts with (train.py
+    # --select); "" = best for supervisors and ceilings, each student its method's own rule (stages.SELECT)
     weak_train_layers: str = ""  # the supervisors' own --train-layers (weak, its ensemble members; e.g. all for a
     # from-scratch weak model under a probed strong one); "" = --train-layers
 
@@ -96,7 +99,8 @@ def describe(cfg, base, task, models):
                 if k not in PER_STAGE + config.NOT_COMPARED and v != getattr(defaults, k)}
     return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
             "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
-            "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students}}
+            "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students} |
+            ({"select": cfg.select} if cfg.select else {})}
 
 
 def experiment_record(cfg, base, task, scorer_name, models):
@@ -110,6 +114,8 @@ def experiment_record(cfg, base, task, scorer_name, models):
     prompts = prompting_names(cfg)
     if prompts:  # recorded only when asked for: experiments without prompting keep their identity
         settings["prompting"] = {"baselines": prompts, "shots": cfg.shots if set(prompts) - {"zeroshot"} else 0}
+    rules = {select_of(cfg, s) for s in students} | {cfg.select or "best"}
+    settings["select"] = rules.pop() if len(rules) == 1 else {"students": {s: select_of(cfg, s) for s in students}}
     settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
             "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
