@@ -105,6 +105,35 @@ def read_experiment(out_dir):
     return cli.read_json(path)
 
 
+def check_stage_configs(out_dir, exp):
+    """Every finished stage that eval.py reads was trained with the settings experiment.json implies
+    (stages.implied_configs): a stage trained by hand into the run directory with other flags is refused, naming the
+    first key that differs, instead of entering the table as if it belonged to the experiment."""
+    import stages  # rebuilding configs imports torch (config.py): only here, not for a synthetic experiment.json
+    for s in exp["seeds"]:
+        implied = stages.implied_configs(exp, s)
+        if implied is None:  # not written by w2s.py: nothing says what the stages should be
+            return
+        for stage in dict.fromkeys(r["stage"] for r in exp["runs"]):
+            path = Path(out_dir) / f"seed{s}" / stage / "config.json"
+            if not (path.parent / "metrics.json").is_file():
+                continue  # not finished: skipped, and said so, where its predictions are read
+            if stage not in implied:
+                raise UserError(f"{Path(out_dir) / rundir.EXPERIMENT} lists the stage seed{s}/{stage}, which its "
+                                "settings do not imply: not an experiment.json written by w2s.py")
+            saved = cli.read_json(path, "stage config").get("comparable")
+            saved = saved if isinstance(saved, dict) else {}
+            for k in dict.fromkeys([*implied[stage], *saved]):
+                if saved.get(k, "<unset>") != implied[stage].get(k, "<unset>"):
+                    raise UserError(f"{path}: key {k} is {_shown(saved.get(k, '<unset>'))}, {rundir.EXPERIMENT} "
+                                    f"implies {_shown(implied[stage].get(k, '<unset>'))} (this stage was trained with "
+                                    "other settings than its experiment's: rerun w2s.py to redo it)")
+
+
+def _shown(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _reference_order(ref, path, ids, differ):
     """This run's rows in the order of the seed's first run `ref` ({"path", "ids", "pos": id -> row}), whose test ids
     it must share; `differ` says in the error what the two runs do differently ("predict different test examples")."""
@@ -306,6 +335,7 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
     generation runs (toxicity) by the toxicity of their scored continuations."""
     out_dir = Path(out_dir)
     exp = read_experiment(out_dir)
+    check_stage_configs(out_dir, exp)
     generation = exp["kind"] == "generation"
     results = {"out_dir": str(out_dir), "kind": exp["kind"], "n_boot": n_boot, "bootstrap_seed": seed,
                "metrics": list(METRICS), "seeds": {}, "skipped": [], "description": exp.get("description", {}),
