@@ -36,7 +36,7 @@ import toxicity
 from cli import UserError, write_atomic
 from metrics import (DIAGNOSTICS, METRICS, TOXIC, bootstrap, diagnostics, per_prompt_toxicity, pgr_with_interval,
                      prepare_binary, prepare_toxicity, resample_weights, seed_summary, weighted_metrics,
-                     weighted_toxicity)
+                     weighted_toxicity, why_undefined)
 
 # ----------------------------------------------------------------------------------------------------------------
 # scoring generated continuations
@@ -245,8 +245,11 @@ def _member_weights(seed_dir, exp):
     for st in exp["students"]:
         run = next((r for r in exp["runs"] if r["name"] == st["name"]), None)
         record = seed_dir / run["stage"] / "metrics.json" if run else None
-        if st["method"] == "learned" and record and record.is_file():
-            weights[st["name"]] = cli.read_json(record).get("member_weights")
+        if st["method"] != "learned" or record is None or not record.is_file():
+            continue
+        learnt = cli.read_json(record).get("member_weights")
+        if learnt is not None:  # no null in results.json: a student without them is left out
+            weights[st["name"]] = learnt
     return weights
 
 
@@ -259,7 +262,9 @@ def _n_params(out_dir, exp):
         for run in exp["runs"]:
             config = Path(out_dir) / f"seed{s}" / run["stage"] / "config.json"
             if run.get("model") and run["model"] not in counts and config.is_file():
-                counts[run["model"]] = cli.read_json(config).get("n_params")
+                n = cli.read_json(config).get("n_params")
+                if n is not None:  # an ensemble's own config.json has none: a later stage of the model says it
+                    counts[run["model"]] = n
     return counts
 
 
@@ -271,6 +276,10 @@ def _compare_runs(values, boot, metric_names, students, lower_is_better):
         ci = {k: [float(q) for q in np.nanpercentile(boot[name][k], [2.5, 97.5])]
               if np.isfinite(boot[name][k]).any() else [float("nan")] * 2 for k in metric_names}
         runs[name] = {**values[name], "ci95": ci}
+        undefined = {k: why_undefined(k) if not np.isfinite(values[name][k]) else "no resample defines its interval"
+                     for k in metric_names if not np.isfinite([values[name][k], *ci[k]]).all()}
+        if undefined:  # nulls in results.json: say why, as PGR entries do
+            runs[name]["reason"] = "; ".join(f"{k}: {why}" for k, why in undefined.items())
     for st in students:
         student, supervisor, ceiling = st["name"], st["supervisor"], st["ceiling"]
         if student not in values or supervisor not in values or ceiling not in values:
@@ -340,7 +349,7 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
     results = {"out_dir": str(out_dir), "kind": exp["kind"], "n_boot": n_boot, "bootstrap_seed": seed,
                "metrics": list(METRICS), "seeds": {}, "skipped": [], "description": exp.get("description", {}),
                "students": exp["students"], "table_rows": [r["name"] for r in exp["runs"] if r.get("table", True)],
-               "sweep": exp.get("sweep"), "n_params": _n_params(out_dir, exp)}
+               "sweep": exp.get("sweep") or [], "n_params": _n_params(out_dir, exp)}
     scorers, metric_names = {}, {}
     for s in exp["seeds"]:
         seed_dir = out_dir / f"seed{s}"
@@ -355,6 +364,8 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
                 results["seeds"][str(s)] = _evaluate_classification(runs, exp["students"], n_boot, seed)
                 results["seeds"][str(s)]["member_weights"] = _member_weights(seed_dir, exp)
     if generation:
+        if not scorers:  # nothing scored yet: results.json's scorer is null, and says why
+            results["reason"] = "scorer: no run is scored yet (see skipped)"
         results |= {"metrics": list(metric_names), "scorer": next(iter(scorers.values()), None),
                     "toxic_threshold": TOXIC, "lower_is_better": True,
                     "pgr_note": "toxicity: lower is better, so student - weak and ceiling - weak are both negative "

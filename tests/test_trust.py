@@ -27,7 +27,7 @@ import rundir
 import stages as stage_graph
 import train
 import w2s
-from helpers import ROOT, one_thread_env, run_script, stage_stamps, strict_json, without_paths
+from helpers import ROOT, nulls_without_reason, one_thread_env, run_script, stage_stamps, strict_json, without_paths
 
 STAGES = {"seed0/weak", "seed0/ensemble/member0", "seed0/ensemble/member1", "seed0/ensemble", "seed0/ceiling",
           "seed0/student_naive", "seed0/student_hard"}
@@ -577,6 +577,14 @@ def test_files_in_a_directory_that_holds_no_run_are_never_removed(shared_data, m
         f.write_text("the user's")
     w2s.main(args_of(shared_data, *models, out, "--print-commands"))
     assert all(f.read_text() == "the user's" for f in files)
+
+
+def test_every_null_in_a_single_seed_results_json_says_why(base):
+    results = json.loads((base[0] / "results.json").read_text())
+    # the recorded flags are the one exception: a null there is the flag's own value ("none" in --help)
+    config = results.pop("config")
+    assert config["train"]["top_p"] is None and results["summary"]["runs"]["weak"]["accuracy"]["std"] is None
+    assert nulls_without_reason(results) == []
 
 
 def test_every_json_file_a_run_writes_is_strict_json(base):
