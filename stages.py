@@ -49,7 +49,7 @@ PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "mem
 # train.py flags that only some students read: other stages keep the defaults, so changing one reruns only those
 KNOBS = {"aux_coef": ("logconf", "entropy"), "aux_warmup": ("logconf", "entropy"), "aux_schedule": ("logconf", "entropy"),
          "product_alpha": ("product",), "product_beta": ("product",), "window_radius": ("window",),
-         "member_lr": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
+         "member_lr": ("learned",), "agreement_epochs": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
 
 
 @dataclass
