@@ -109,7 +109,9 @@ def check_stage_configs(out_dir, exp):
     """Every finished stage that eval.py reads was trained with the settings experiment.json implies
     (stages.implied_configs): a stage trained by hand into the run directory with other flags is refused, naming the
     first key that differs, instead of entering the table as if it belonged to the experiment."""
-    import stages  # rebuilding configs imports torch (config.py): only here, not for a synthetic experiment.json
+    import config  # imports torch: only here, where stages are rebuilt
+    import stages
+    defaults = config.comparable(config.TrainConfig())
     for s in exp["seeds"]:
         implied = stages.implied_configs(exp, s)
         if implied is None:  # not written by w2s.py: nothing says what the stages should be
@@ -124,6 +126,8 @@ def check_stage_configs(out_dir, exp):
             saved = cli.read_json(path, "stage config").get("comparable")
             saved = saved if isinstance(saved, dict) else {}
             for k in dict.fromkeys([*implied[stage], *saved]):
+                if k not in saved and k in defaults and implied[stage].get(k) == defaults[k]:
+                    continue  # a flag newer than the run, at its default: the run trained as it says
                 if saved.get(k, "<unset>") != implied[stage].get(k, "<unset>"):
                     raise UserError(f"{path}: key {k} is {_shown(saved.get(k, '<unset>'))}, {rundir.EXPERIMENT} "
                                     f"implies {_shown(implied[stage].get(k, '<unset>'))} (this stage was trained with "
