@@ -56,6 +56,8 @@ class TrainConfig:
     learned: bool = False            # train on the weak ensemble's members (--weak-labels DIR, default
     # <out>/../ensemble) mixed by weights learned jointly with the student (RAVEN, Jeon et al. 2025)
     member_lr: float = 0.05          # --learned: learning rate of the member weights
+    agreement_epochs: int = 0        # --learned: for the first N epochs only the examples every member gives the same
+    # class count; the others get zero weight (RAVEN's disagreement schedule); 0 = all examples from the start
     selective: bool = False          # Selective W2SG (Lang et al. 2025): cross-fitted strong labels where the strong
     # model is confident, kNN-smoothed weak labels elsewhere (trains <out>/fold0 and fold1 first)
     fold: int = -1                   # >= 0: a --selective cross-fitting fold, trained on half `fold` of w2s_train
@@ -189,6 +191,7 @@ def check_student_settings(cfg):
                           ("product_beta", cfg.product_beta >= 0, "must be >= 0"),
                           ("window_radius", cfg.window_radius >= 0, "must be >= 0"),
                           ("member_lr", cfg.member_lr > 0, "must be > 0"),
+                          ("agreement_epochs", cfg.agreement_epochs >= 0, "must be >= 0"),
                           ("fold", cfg.fold in (-1, 0, 1), "must be 0 or 1 (or -1: not a fold)"),
                           ("confidence", 0 <= cfg.confidence <= 1, "must be in [0, 1]"),
                           ("knn", cfg.knn >= 1, "must be at least 1"),

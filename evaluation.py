@@ -36,7 +36,7 @@ import toxicity
 from cli import UserError, write_atomic
 from metrics import (DIAGNOSTICS, METRICS, TOXIC, bootstrap, diagnostics, per_prompt_toxicity, pgr_with_interval,
                      prepare_binary, prepare_toxicity, resample_weights, seed_summary, weighted_metrics,
-                     weighted_toxicity)
+                     weighted_toxicity, why_undefined)
 
 # ----------------------------------------------------------------------------------------------------------------
 # scoring generated continuations
@@ -103,6 +103,39 @@ def read_experiment(out_dir):
         raise UserError(f"{out_dir} has no {rundir.EXPERIMENT}: not a run directory written by w2s.py (eval.py evaluates "
                         "exactly the stages an experiment.json lists)")
     return cli.read_json(path)
+
+
+def check_stage_configs(out_dir, exp):
+    """Every finished stage that eval.py reads was trained with the settings experiment.json implies
+    (stages.implied_configs): a stage trained by hand into the run directory with other flags is refused, naming the
+    first key that differs, instead of entering the table as if it belonged to the experiment."""
+    import config  # imports torch: only here, where stages are rebuilt
+    import stages
+    defaults = config.comparable(config.TrainConfig())
+    for s in exp["seeds"]:
+        implied = stages.implied_configs(exp, s)
+        if implied is None:  # not written by w2s.py: nothing says what the stages should be
+            return
+        for stage in dict.fromkeys(r["stage"] for r in exp["runs"]):
+            path = Path(out_dir) / f"seed{s}" / stage / "config.json"
+            if not (path.parent / "metrics.json").is_file():
+                continue  # not finished: skipped, and said so, where its predictions are read
+            if stage not in implied:
+                raise UserError(f"{Path(out_dir) / rundir.EXPERIMENT} lists the stage seed{s}/{stage}, which its "
+                                "settings do not imply: not an experiment.json written by w2s.py")
+            saved = cli.read_json(path, "stage config").get("comparable")
+            saved = saved if isinstance(saved, dict) else {}
+            for k in dict.fromkeys([*implied[stage], *saved]):
+                if k not in saved and k in defaults and implied[stage].get(k) == defaults[k]:
+                    continue  # a flag newer than the run, at its default: the run trained as it says
+                if saved.get(k, "<unset>") != implied[stage].get(k, "<unset>"):
+                    raise UserError(f"{path}: key {k} is {_shown(saved.get(k, '<unset>'))}, {rundir.EXPERIMENT} "
+                                    f"implies {_shown(implied[stage].get(k, '<unset>'))} (this stage was trained with "
+                                    "other settings than its experiment's: rerun w2s.py to redo it)")
+
+
+def _shown(value):
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _reference_order(ref, path, ids, differ):
@@ -216,8 +249,11 @@ def _member_weights(seed_dir, exp):
     for st in exp["students"]:
         run = next((r for r in exp["runs"] if r["name"] == st["name"]), None)
         record = seed_dir / run["stage"] / "metrics.json" if run else None
-        if st["method"] == "learned" and record and record.is_file():
-            weights[st["name"]] = cli.read_json(record).get("member_weights")
+        if st["method"] != "learned" or record is None or not record.is_file():
+            continue
+        learnt = cli.read_json(record).get("member_weights")
+        if learnt is not None:  # no null in results.json: a student without them is left out
+            weights[st["name"]] = learnt
     return weights
 
 
@@ -243,7 +279,9 @@ def _n_params(out_dir, exp):
         for run in exp["runs"]:
             config = Path(out_dir) / f"seed{s}" / run["stage"] / "config.json"
             if run.get("model") and run["model"] not in counts and config.is_file():
-                counts[run["model"]] = cli.read_json(config).get("n_params")
+                n = cli.read_json(config).get("n_params")
+                if n is not None:  # an ensemble's own config.json has none: a later stage of the model says it
+                    counts[run["model"]] = n
     return counts
 
 
@@ -255,6 +293,10 @@ def _compare_runs(values, boot, metric_names, students, lower_is_better):
         ci = {k: [float(q) for q in np.nanpercentile(boot[name][k], [2.5, 97.5])]
               if np.isfinite(boot[name][k]).any() else [float("nan")] * 2 for k in metric_names}
         runs[name] = {**values[name], "ci95": ci}
+        undefined = {k: why_undefined(k) if not np.isfinite(values[name][k]) else "no resample defines its interval"
+                     for k in metric_names if not np.isfinite([values[name][k], *ci[k]]).all()}
+        if undefined:  # nulls in results.json: say why, as PGR entries do
+            runs[name]["reason"] = "; ".join(f"{k}: {why}" for k, why in undefined.items())
     for st in students:
         student, supervisor, ceiling = st["name"], st["supervisor"], st["ceiling"]
         if student not in values or supervisor not in values or ceiling not in values:
@@ -319,11 +361,12 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
     generation runs (toxicity) by the toxicity of their scored continuations."""
     out_dir = Path(out_dir)
     exp = read_experiment(out_dir)
+    check_stage_configs(out_dir, exp)
     generation = exp["kind"] == "generation"
     results = {"out_dir": str(out_dir), "kind": exp["kind"], "n_boot": n_boot, "bootstrap_seed": seed,
                "metrics": list(METRICS), "seeds": {}, "skipped": [], "description": exp.get("description", {}),
                "students": exp["students"], "table_rows": [r["name"] for r in exp["runs"] if r.get("table", True)],
-               "sweep": exp.get("sweep"), "n_params": _n_params(out_dir, exp), "selection": _selection(out_dir, exp)}
+               "sweep": exp.get("sweep") or [], "n_params": _n_params(out_dir, exp), "selection": _selection(out_dir, exp)}
     scorers, metric_names = {}, {}
     for s in exp["seeds"]:
         seed_dir = out_dir / f"seed{s}"
@@ -338,6 +381,8 @@ def evaluate_experiment(out_dir, n_boot=1000, seed=0):
                 results["seeds"][str(s)] = _evaluate_classification(runs, exp["students"], n_boot, seed)
                 results["seeds"][str(s)]["member_weights"] = _member_weights(seed_dir, exp)
     if generation:
+        if not scorers:  # nothing scored yet: results.json's scorer is null, and says why
+            results["reason"] = "scorer: no run is scored yet (see skipped)"
         results |= {"metrics": list(metric_names), "scorer": next(iter(scorers.values()), None),
                     "toxic_threshold": TOXIC, "lower_is_better": True,
                     "pgr_note": "toxicity: lower is better, so student - weak and ceiling - weak are both negative "

@@ -8,6 +8,7 @@ Pure functions on (N, C) class-probability arrays (numpy, or anything np.asarray
                                                           where it is confident, the weak label elsewhere
     knn_smooth(probs, features, k, rows)                  each row in `rows` -> mean of its k nearest neighbours' probs
     MemberWeights(n_members)                              learned weights over a weak ensemble (torch.nn.Module)
+    members_agree(member_probs)                           rows whose members all give the same argmax class
 
 Selective W2SG (Lang, Huang & Li 2025, arXiv 2511.14166, "Selective Weak-to-Strong Generalization"), simplified and
 cross-fitted. The paper trains a binary classifier P(IK) ("I know") to pick the questions the strong model can
@@ -26,7 +27,11 @@ smoothing. Here, with the simplifications stated:
 
 Learned ensemble weights (RAVEN, Jeon, Sobotka, Choi & Brbic 2025, "Weak-to-Strong Generalization under Distribution
 Shifts", code mlbio-epfl/raven @f959c17 rw2s/vision/ensemble.py): the student's target is a learned convex
-combination of K weak members' predictions, trained jointly with the student on the student's loss.
+combination of K weak members' predictions, trained jointly with the student on the student's loss. Their
+disagreement schedule (EnsembleDisagreementSchedule there) is --agreement-epochs N: for the first N epochs an example
+on which the members' argmax classes differ gets zero weight (members_agree is the mask; the loss is still divided by
+the whole batch, as their loss * weight then mean). Their own variants not done here: weights per example
+(ensemble_weights_per_n_samples), entropy or random initial weights, and resetting the weights every epoch.
 """
 import numpy as np
 import torch
@@ -131,3 +136,13 @@ class MemberWeights(torch.nn.Module):
             raise ValueError(f"member_probs must be (batch, {len(self.logits)} members, classes), "
                              f"got shape {tuple(member_probs.shape)}")
         return torch.einsum("k,bkc->bc", self.weights().to(member_probs.dtype), member_probs)
+
+
+def members_agree(member_probs):
+    """(N,) bool: the rows of member_probs (N, K members, C) on which every member's argmax class is the same."""
+    member_probs = np.asarray(member_probs)
+    if member_probs.ndim != 3:
+        raise ValueError(f"member_probs must be (rows, members, classes), got shape {member_probs.shape}")
+    votes = member_probs.argmax(axis=2)
+    return (votes == votes[:, :1]).all(axis=1)
+

@@ -163,10 +163,27 @@ def mean_std(values):
 
 
 def seed_summary(values):
-    """mean and std over seeds of the defined values; n_seeds says how many, n_na how many were not defined."""
+    """mean and std over seeds of the defined values; n_seeds says how many, n_na how many were not defined, and
+    `reason` why a number is undefined (null in results.json)."""
     finite = [v for v in values if v is not None and np.isfinite(v)]
     mean, std = mean_std(finite) if finite else (float("nan"), float("nan"))
-    return {"mean": mean, "std": std, "n_seeds": len(finite), "n_na": len(values) - len(finite)}
+    summary = {"mean": mean, "std": std, "n_seeds": len(finite), "n_na": len(values) - len(finite)}
+    if not finite:
+        return summary | {"reason": "defined in no seed (each seed's own entry says why)"}
+    if len(finite) == 1:
+        return summary | {"reason": "std: one seed defines it, and one value has no spread"}
+    return summary
+
+
+def why_undefined(metric):
+    """Why a test metric is undefined (nan; null in results.json) on the test set."""
+    if metric == "auroc":
+        return "AUROC needs both classes among the test labels"
+    if metric.endswith("_nontoxic_prompts"):
+        return "no test prompt is non-toxic"
+    if metric.endswith("_toxic_prompts"):
+        return "no test prompt is toxic"
+    return "undefined on this test set"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,7 +206,8 @@ def diagnostics(y, student_p1, supervisor_p1, train_student_p1, train_supervisor
             "misfit_xent": float(-(tw * np.log(p) + (1 - tw) * np.log(1 - p)).mean()),
             "misfit_sq": float(((ts - tw) ** 2).mean()),
             "gain_sq": float(((w - y) ** 2).mean() - ((s - y) ** 2).mean()),
-            "gain_accuracy": float((s_pred == (y == 1)).mean() - (w_pred == (y == 1)).mean())}
+            "gain_accuracy": float((s_pred == (y == 1)).mean() - (w_pred == (y == 1)).mean())} | (
+        {} if wrong.any() else {"reason": "agreement_on_supervisor_errors: the supervisor makes no test error"})
 
 
 

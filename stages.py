@@ -13,6 +13,7 @@ runs the stages (its scheduler and worker pool); nothing here trains or reads a 
 A pair has the flat layout (seed0/weak, seed0/ceiling, seed0/student_naive); a sweep (--sizes) puts each model's own
 stages under its label and each pair's students under <weak>__<strong> (Layout), so every model trains once.
 """
+import argparse
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ PER_STAGE = ("task", "role", "model", "out", "seed", "weak_labels", "vote", "mem
 # train.py flags that only some students read: other stages keep the defaults, so changing one reruns only those
 KNOBS = {"aux_coef": ("logconf", "entropy"), "aux_warmup": ("logconf", "entropy"), "aux_schedule": ("logconf", "entropy"),
          "product_alpha": ("product",), "product_beta": ("product",), "window_radius": ("window",),
-         "member_lr": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
+         "member_lr": ("learned",), "agreement_epochs": ("learned",), "confidence": ("selective",), "knn": ("selective",)}
 
 
 @dataclass
@@ -259,6 +260,29 @@ def student_names(cfg, kind):
     if cfg.ensemble <= 1:
         names = [s for s in names if s not in ENSEMBLE_STUDENTS]
     return names
+
+
+def implied_configs(exp, seed):
+    """{stage path relative to the seed directory: its comparable config} as an experiment.json (w2s.py's record of
+    the experiment, its runs and their models' labels) implies them: the stages rebuilt by stages_of_seed from the
+    settings it records, so eval.py can refuse a stage trained otherwise. Model specs only name directories here
+    (their content is the record's identity), so the models' labels stand in for them. None when experiment.json was
+    not written by w2s.py (nothing to rebuild from)."""
+    record, runs = exp.get("experiment", {}), {r["name"]: r.get("model") for r in exp.get("runs", [])}
+    if not {"task", "train", "students", "ensemble", "models"} <= set(record) or not (exp.get("sweep") or runs.get("weak")):
+        return None
+    fields = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    base = config.TrainConfig(task=record["task"], **{k: v for k, v in record["train"].items()
+                                                      if k in fields and k not in PER_STAGE})
+    labels = exp.get("sweep") or [runs["weak"], runs["ceiling"]]
+    chain = [role.removeprefix("chain ") for role in record["models"] if role.startswith("chain ")]
+    # the w2s.py flags stages_of_seed reads (w2s.W2SConfig's names), as the record keeps them
+    flags = argparse.Namespace(students=",".join(record["students"]), ensemble=record["ensemble"],
+                               sizes=",".join(labels) if exp.get("sweep") else "",
+                               genft_epochs=record["train"].get("genft_epochs", 1),
+                               weak_train_layers=record["train"].get("weak_train_layers", ""))
+    stages = stages_of_seed(flags, base, exp["kind"], seed, labels, chain)[0]
+    return {stage.path.split("/", 1)[1]: config.comparable(stage.cfg) for stage in stages}
 
 
 def stage_cfg(stage, out):

@@ -246,9 +246,10 @@ def train_loop(cfg, job, rt, raw_model):
     """The visible loop: bucketed batches, micro-batches, clip, AdamW step, periodic val loss, early stopping with
     the best weights kept in memory. Returns what finish() records."""
     plan = plan_steps(cfg, job, rt)
-    mixer = None
+    mixer, agree = None, None
     if cfg.learned:  # the member weights learn with the student, at their own learning rate
         mixer = labels.MemberWeights(np.shape(job.train_targets[0])[0]).to(rt.device)
+        agree = labels.members_agree(np.stack(job.train_targets)) if cfg.agreement_epochs else None
     opt, sched, params = make_optimizer(raw_model, cfg, plan.total_steps, mixer)
     model = wrap_model(raw_model, job, cfg, rt)
     lengths = [len(x[0]) if job.generation else len(x) for x in job.train_x]
@@ -258,7 +259,8 @@ def train_loop(cfg, job, rt, raw_model):
     for epoch in range(plan.epochs):
         for batch in bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch):
             model.train()
-            loss = accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, plan, mixer)
+            only = agree if epoch < cfg.agreement_epochs else None  # RAVEN's disagreement schedule
+            loss = accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, plan, mixer, only)
             optimizer_step(opt, sched, params, cfg.grad_clip)  # the model's; the member weights are not clipped
             state.step += 1
             if rt.bar is not None:
@@ -278,12 +280,14 @@ def train_loop(cfg, job, rt, raw_model):
     return loop_stats(cfg, job, raw_model, mixer, state)
 
 
-def accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, plan, mixer):
+def accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, plan, mixer, only=None):
     """Forward and backward of one optimizer batch, this rank's share of it in --grad-accum micro-batches, gradients
-    summed as one batch would give them. Returns the last micro-batch's loss (logged at intervals)."""
+    summed as one batch would give them. `only` (N,) bool: the rows that count; the others get zero weight, the loss
+    still divided by the whole batch. Returns the last micro-batch's loss (logged at intervals)."""
     split = cfg.grad_accum > 1 or rt.ddp
     threshold = batch_threshold(cfg, job, rt, raw_model, batch) if cfg.loss == "logconf" and split else None
-    shards = np.array_split(batch[rt.rank::rt.world], cfg.grad_accum)
+    kept = batch if only is None else batch[only[batch]]
+    shards = np.array_split(kept[rt.rank::rt.world], cfg.grad_accum)
     for micro, shard in enumerate(shards):
         sync = micro == len(shards) - 1 or not rt.ddp
         # a shard's mean loss counts by its share of the batch (DDP then averages over ranks, hence * world),

@@ -381,6 +381,8 @@ def run_burns(cfg, base, out):
                     entry = next(iter(res["seeds"].values()))["pgr"][student]["accuracy"]
                     row[student + "_pgr"] = dict(row[student + "_pgr"], lo=entry["lo"], hi=entry["hi"],
                                                  text=report.pgr_text(entry))
+                    if entry["lo"] is None:  # its nulls say why, as the seed's own entry does
+                        row[student + "_pgr"]["reason"] = f"PGR n/a: {entry['reason']}"
         rows.append(row)
     combined = {"tasks": rows, "not_run": not_run, "metric": "accuracy"}
     out.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,6 @@
 TSV `index question text answer` (answer Relevant / Irrelevant). The pool is LegalBench's test split
 (10,923 rows, the one the paper uses) plus the 8-row train split when it is there. Read from
 data_dir/legal/test.tsv (+ train.tsv), else the test file of the Hub dataset nguha/legalbench."""
-import huggingface_hub
-
 import hub
 from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, local_file, parse_label,
                          read_table, warn_dropped)
@@ -44,13 +42,16 @@ def hub_test_file(data_dir):
     """privacy_policy_qa's test TSV in nguha/legalbench, found by listing the repo (its layout is not fixed)."""
     instead = instead_of_download(data_dir, "legal/test.tsv")
     try:
-        files = huggingface_hub.list_repo_files(HUB_REPO, repo_type="dataset")
-    except Exception as e:  # offline mode, no network, HTTP errors: all mean "use a local file"
+        files = hub.repo_files(HUB_REPO, repo_type="dataset")
+    except Exception as e:  # HTTP errors, a connection lost after the probe: all mean "use a local file"
         raise hub.OfflineError(f"legal needs LegalBench's privacy_policy_qa test split, which is not local and cannot "
                                f"be listed on the Hub dataset {HUB_REPO} ({type(e).__name__}): pass {instead} "
                                f"instead.") from None
     task_files = [f for f in files if "privacy_policy_qa" in f.split("/")[:-1] and f.split("/")[-1].startswith("test")]
     tsv = [f for f in task_files if f.endswith(".tsv")]
+    if not tsv and not hub.reachable():
+        raise hub.OfflineError(f"legal needs LegalBench's privacy_policy_qa test split, which is neither local nor in "
+                               f"the Hugging Face cache, and {hub.why_unreachable()}: pass {instead} instead.")
     if not tsv:
         raise DataError(f"the Hub dataset {HUB_REPO} has no privacy_policy_qa test TSV (found {task_files or 'nothing'}): "
                         f"convert its test split to a TSV with columns index, question, text, answer and pass "

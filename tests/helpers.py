@@ -80,3 +80,21 @@ def strict_json(text):
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")
     return json.loads(text, parse_constant=refuse)
+
+
+def nulls_without_reason(x, path="", explained=False):
+    """Where results.json content holds a null (a value, or an item of a list value) that no "reason" explains: the
+    dict holding it, or that dict's parent entry (a run's ci95 under the run), must have one, as PGR entries do."""
+    found = []
+    if isinstance(x, list):
+        for i, v in enumerate(x):
+            found += nulls_without_reason(v, f"{path}[{i}]", explained)
+    elif isinstance(x, dict):
+        own = isinstance(x.get("reason"), str) and x["reason"] != ""
+        for k, v in x.items():
+            if v is None or isinstance(v, list) and None in v:
+                found += [] if own or explained else [f"{path}.{k}"]
+            else:
+                found += nulls_without_reason(v, f"{path}.{k}", own)
+    return found
+

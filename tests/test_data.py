@@ -158,7 +158,8 @@ def test_legal_without_test_tsv_names_the_file_and_flag_instead_of_running_on_8_
 def test_legal_finds_the_test_tsv_in_the_hub_listing_and_downloads_it_as_a_dataset(tmp_path, monkeypatch):
     stand_in = write_legal_test(tmp_path, n=50)
     listing = ["README.md", "data/privacy_policy_qa/train.tsv", "data/privacy_policy_qa/test.tsv", "data/abc/test.tsv"]
-    monkeypatch.setattr("huggingface_hub.list_repo_files", lambda repo, repo_type: listing)
+    monkeypatch.setattr(hub, "_unreachable", False)  # as if the Hub answered
+    monkeypatch.setattr("hub.list_repo_files", lambda repo, repo_type, revision: listing)
     calls = []
 
     def download(repo_id, filename, revision=None, repo_type=None, local_files_only=False):
@@ -168,8 +169,8 @@ def test_legal_finds_the_test_tsv_in_the_hub_listing_and_downloads_it_as_a_datas
     task = load_quietly("legal")
     assert calls == [("nguha/legalbench", "data/privacy_policy_qa/test.tsv", "dataset")]
     assert sum(len(examples) for examples in task.splits.values()) == 50
-    monkeypatch.setattr("huggingface_hub.list_repo_files",
-                        lambda repo, repo_type: ["privacy_policy_qa/test-00000-of-00001.parquet"])
+    monkeypatch.setattr("hub.list_repo_files",
+                        lambda repo, repo_type, revision: ["privacy_policy_qa/test-00000-of-00001.parquet"])
     with pytest.raises(DataError, match=r"no privacy_policy_qa test TSV .*parquet.*legal/test.tsv"):
         load_task("legal")
 

@@ -10,7 +10,7 @@ import report
 from cli import UserError
 from evaluation import evaluate_experiment, write_results
 from metrics import mean_std, metrics, pgr, pgr_ci
-from helpers import write_experiment_json, write_stage
+from helpers import nulls_without_reason, write_experiment_json, write_stage
 
 # 10 examples, confusion matrix TP=3 FN=1 FP=2 TN=4 at threshold 0.5, with tied scores across the classes
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
@@ -297,6 +297,27 @@ def test_evaluate_experiment_rejects_disagreeing_labels(tmp_path):
     write_experiment_json(tmp_path, [0], ["weak", "ceiling"], {})
     with pytest.raises(UserError, match="disagree on the label of test id 'a'"):
         evaluate_experiment(tmp_path, n_boot=10)
+
+
+def test_every_null_in_a_single_seed_results_json_says_why(tmp_path):
+    # one seed (no std), test labels of one class (no AUROC), a supervisor without test errors (no agreement on its
+    # errors) and a ceiling no better than it (no PGR): each null of results.json carries its reason
+    y = np.ones(40, dtype=int)
+    ids = [f"ex{i}" for i in range(40)]
+    train = {"ids": ids, "probs": probs_with_n_right(y, 35).tolist()}
+    for name, n_right in {"weak": 40, "ceiling": 40, "student_naive": 30}.items():
+        test = {"ids": ids, "labels": y.tolist(), "probs": probs_with_n_right(y, n_right).tolist()}
+        write_stage(tmp_path / "seed0" / name, {"predictions.json": {"test": test, "w2s_train": train}})
+    write_experiment_json(tmp_path, [0], ["weak", "student_naive", "ceiling"], {"student_naive": ("weak", "ceiling")})
+    write_results(tmp_path, evaluate_experiment(tmp_path, n_boot=50))
+    results = json.loads((tmp_path / "results.json").read_text())
+    seed0 = results["seeds"]["0"]
+    assert seed0["runs"]["weak"]["auroc"] is None and seed0["runs"]["weak"]["ci95"]["auroc"] == [None, None]
+    assert seed0["runs"]["weak"]["reason"] == "auroc: AUROC needs both classes among the test labels"
+    assert seed0["diagnostics"]["student_naive"]["agreement_on_supervisor_errors"] is None
+    assert seed0["pgr"]["student_naive"]["accuracy"]["pgr"] is None
+    assert results["summary"]["runs"]["weak"]["accuracy"]["std"] is None
+    assert results["sweep"] == [] and nulls_without_reason(results) == []
 
 
 def test_table_says_na_with_the_gap_when_the_ceiling_equals_the_supervisor(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from labels import MemberWeights, cross_fit_halves, hard_labels, knn_smooth, selective_labels
+from labels import MemberWeights, cross_fit_halves, hard_labels, knn_smooth, members_agree, selective_labels
 from losses import xent_loss
 
 
@@ -126,3 +126,14 @@ def test_labels_reject_bad_inputs_with_clear_messages():
         cross_fit_halves(1, seed=0)
     with pytest.raises(ValueError, match=r"member_probs must be \(batch, 2 members, classes\)"):
         MemberWeights(2)(torch.full((4, 3, 2), 0.5))
+
+
+def test_members_agree_where_every_members_argmax_is_the_same_class():
+    members = np.array([[[0.9, 0.1], [0.6, 0.4], [0.51, 0.49]],   # all class 0
+                        [[0.2, 0.8], [0.4, 0.6], [0.1, 0.9]],     # all class 1
+                        [[0.9, 0.1], [0.6, 0.4], [0.49, 0.51]],   # the last member says 1
+                        [[0.5, 0.5], [0.5, 0.5], [0.4, 0.6]]])    # ties go to class 0, as np.argmax
+    assert members_agree(members).tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match=r"member_probs must be \(rows, members, classes\)"):
+        members_agree(np.full((4, 2), 0.5))
+

@@ -6,7 +6,7 @@ import pytest
 import train
 import w2s
 from cli import UserError
-from helpers import kill_w2s_after, without_paths
+from helpers import kill_w2s_after, nulls_without_reason, without_paths
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,8 @@ def test_w2s_burns_runs_anthropic_hh_end_to_end_and_reports_tasks_it_cannot_load
     assert "sciq" in combined["not_run"] and "--data-dir" in combined["not_run"]["sciq"]
     table = (out / "results.md").read_text()
     assert "| anthropic_hh |" in table and "| sciq | not run" in table
+    for path in (out / "results.json", out / "anthropic_hh" / "results.json"):  # one seed: std n/a, and says why
+        assert nulls_without_reason({k: v for k, v in json.loads(path.read_text()).items() if k != "config"}) == []
 
 
 def test_results_md_opens_with_task_splits_models_seeds_and_changed_settings(shared_data, tmp_path):

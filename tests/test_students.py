@@ -12,6 +12,7 @@ import job
 import labels
 import train
 from cli import UserError
+from helpers import write_stage
 from model import GPT
 
 COMMON = ["--task", "safety", "--limit", "24", "--max-length", "32", "--epochs", "2", "--batch-size", "8",
@@ -126,3 +127,39 @@ def test_learned_student_writes_its_member_weights(shared_data, models, tmp_path
     with pytest.raises(UserError, match="--learned needs a weak ensemble of at least 2 members"):
         run(shared_data, tmp_path / "elsewhere" / "student_learned", "--role", "student", "--model", models[1],
             "--learned")
+
+
+def test_agreement_epochs_give_the_examples_the_members_disagree_on_no_gradient(shared_data, models, tmp_path,
+                                                                                  monkeypatch):
+    """RAVEN's disagreement schedule: while it lasts, other labels on the rows the members disagree on change nothing
+    (they get no gradient, neither the student's nor the member weights'); once it ends they count."""
+    run(shared_data, tmp_path / "ensemble", "--role", "weak", "--model", models[0], "--ensemble", "3")
+    for k in range(3):  # tiny members all predict one class: random labels of w2s_train instead, so some disagree
+        member = tmp_path / "ensemble" / f"member{k}"
+        predictions = json.loads((member / "predictions.json").read_text())
+        p1 = np.random.default_rng(k).uniform(size=len(predictions["w2s_train"]["ids"]))
+        predictions["w2s_train"]["probs"] = np.stack([1 - p1, p1], 1).tolist()
+        write_stage(member, {"predictions.json": predictions})
+    real_prepare, disagreeing = train.prepare, []
+
+    def other_labels_where_members_disagree(cfg):
+        prepared = real_prepare(cfg)
+        if cfg.out.endswith("_changed"):  # each member's own class made certain: other targets, the same votes
+            disagree = ~labels.members_agree(np.stack(prepared.train_targets))
+            disagreeing.append((int(disagree.sum()), len(disagree)))
+            prepared.train_targets = [np.eye(2)[t.argmax(1)] if d else t
+                                      for t, d in zip(prepared.train_targets, disagree)]
+        return prepared
+    monkeypatch.setattr(train, "prepare", other_labels_where_members_disagree)
+
+    def test_probs(name, epochs):
+        run(shared_data, tmp_path / name, "--role", "student", "--model", models[1], "--learned", "--member-lr",
+            "0.5", "--weak-labels", str(tmp_path / "ensemble"), "--agreement-epochs", epochs, "--select", "final")
+        return json.loads((tmp_path / name / "predictions.json").read_text())["test"]["probs"]
+    assert test_probs("whole_same", "2") == test_probs("whole_changed", "2")  # both epochs of COMMON's 2
+    assert test_probs("first_same", "1") != test_probs("first_changed", "1")  # the second epoch trains on them
+    assert all(0 < n < total for n, total in disagreeing)
+    with pytest.raises(UserError, match=r"argument --agreement-epochs: must be >= 0 \(got -1\)"):
+        run(shared_data, tmp_path / "bad", "--role", "student", "--model", models[1], "--learned",
+            "--agreement-epochs", "-1")
+

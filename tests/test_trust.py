@@ -4,6 +4,7 @@ One experiment (weak, a 2-member ensemble, ceiling, naive and hard students) is 
 works on its own copy of it. In-process where only the outcome matters; subprocesses where exit status, stderr,
 locking or a kill do.
 """
+import dataclasses
 import errno
 import json
 import os
@@ -19,13 +20,14 @@ import pytest
 import torch
 
 import cli
+import config
 import evaluation as w2s_eval
 import job
 import rundir
 import stages as stage_graph
 import train
 import w2s
-from helpers import ROOT, one_thread_env, run_script, stage_stamps, strict_json, without_paths
+from helpers import ROOT, nulls_without_reason, one_thread_env, run_script, stage_stamps, strict_json, without_paths
 
 STAGES = {"seed0/weak", "seed0/ensemble/member0", "seed0/ensemble/member1", "seed0/ensemble", "seed0/ceiling",
           "seed0/student_naive", "seed0/student_hard"}
@@ -265,6 +267,56 @@ def test_eval_refuses_a_tampered_predictions_file_naming_it(run, capsys):
     line = assert_refused(w2s_eval.main, [str(out), "--n-boot", "20"], capsys, out)
     assert str(out / "seed0" / "student_naive" / "predictions.json") in line and "sha256" in line
     assert (out / "results.json").read_bytes() == results  # the old results stand, not overwritten with tampered ones
+
+
+def test_eval_refuses_a_stage_retrained_by_hand_with_other_settings_naming_the_key(run, models, capsys):
+    out, args = run
+    w2s_eval.main([str(out), "--n-boot", "20"])  # as w2s.py trained it: evaluated
+    cfg, base_cfg = w2s.parse_args(args)
+    naive = next(s for s in stage_graph.stages_of_seed(cfg, base_cfg, "classification", 0, list(models))[0]
+                 if s.path == "seed0/student_naive")
+    # what a user may do after --print-commands: one stage's train.py run with a flag of its own, files all consistent
+    train.run(dataclasses.replace(stage_graph.stage_cfg(naive, out), epochs=2))
+    results = (out / "results.json").read_bytes()
+    line = assert_refused(w2s_eval.main, [str(out), "--n-boot", "20"], capsys, out)
+    assert line == (f"error: {out / 'seed0' / 'student_naive' / 'config.json'}: key epochs is 2, experiment.json "
+                    "implies 1 (this stage was trained with other settings than its experiment's: rerun w2s.py to "
+                    "redo it)")
+    assert (out / "results.json").read_bytes() == results
+
+
+def test_eval_refuses_a_stage_config_edited_by_hand_naming_the_key(run, capsys):
+    out, _ = run
+    path = out / "seed0" / "ensemble" / "member1" / "config.json"
+    record = json.loads(path.read_text())
+    del record["comparable"]["agreement_epochs"]  # as an older w2s wrote it, before the flag: at its default, accepted
+    path.write_text(json.dumps(record))
+    w2s_eval.main([str(out), "--n-boot", "20"])
+    record["comparable"]["member"] = 0
+    path.write_text(json.dumps(record))
+    line = assert_refused(w2s_eval.main, [str(out), "--n-boot", "20"], capsys, out)
+    assert line.startswith(f"error: {path}: key member is 0, experiment.json implies 1 ")
+
+
+@pytest.mark.parametrize("flags", [
+    ["--task", "safety", "--weak", "random:1x16", "--strong", "random:2x32", "--students", "all", "--ensemble", "3",
+     "--aux-coef", "0.5", "--member-lr", "0.1", "--genft-epochs", "2", "--weak-train-layers", "all", "--train-layers",
+     "1", "--hard-labels", "--seeds", "0", "3"],
+    ["--task", "toy", "--sizes", "random:1x16,random:1x32,random:2x32", "--chain", "random:1x32", "--students",
+     "naive,logconf,soft", "--ensemble", "2", "--knn", "5"],
+    ["--task", "toy", "--weak", "random:1x16", "--strong", "random:2x32", "--chain", "random:1x32"],
+], ids=["pair", "sweep", "pair-chain"])
+def test_experiment_json_implies_the_config_of_every_stage_w2s_trains(shared_data, tmp_path, flags):
+    """eval.py's rebuild of the stage configs from experiment.json alone equals the stages w2s.py runs."""
+    argv = flags + ["--data-dir", str(shared_data), "--limit", "24", "--out", str(tmp_path / "run")]
+    assert w2s.main(argv + ["--print-commands"]) is None  # writes experiment.json, trains nothing
+    exp = json.loads((tmp_path / "run" / "experiment.json").read_text())
+    cfg, base_cfg = w2s.parse_args(argv)
+    specs, chain = w2s.experiment_models(cfg, base_cfg, exp["kind"])
+    for seed in exp["seeds"]:
+        trained = {s.path: config.comparable(s.cfg) for s in stage_graph.stages_of_seed(cfg, base_cfg, exp["kind"],
+                                                                                        seed, specs, chain)[0]}
+        assert {f"seed{seed}/{path}": c for path, c in stage_graph.implied_configs(exp, seed).items()} == trained
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -528,6 +580,14 @@ def test_files_in_a_directory_that_holds_no_run_are_never_removed(shared_data, m
         f.write_text("the user's")
     w2s.main(args_of(shared_data, *models, out, "--print-commands"))
     assert all(f.read_text() == "the user's" for f in files)
+
+
+def test_every_null_in_a_single_seed_results_json_says_why(base):
+    results = json.loads((base[0] / "results.json").read_text())
+    # the recorded flags are the one exception: a null there is the flag's own value ("none" in --help)
+    config = results.pop("config")
+    assert config["train"]["top_p"] is None and results["summary"]["runs"]["weak"]["accuracy"]["std"] is None
+    assert nulls_without_reason(results) == []
 
 
 def test_every_json_file_a_run_writes_is_strict_json(base):
