@@ -244,9 +244,10 @@ NOT_COMPARED = ("out", "data_dir", "weak_labels", "model", "log_every", "device"
 
 
 def comparable(cfg):
-    """The settings a finished stage must match. LoRA's knobs count only with LoRA on, so stages run before LoRA
-    existed (the same numbers) are still found done."""
-    off = ("lora_rank", "lora_alpha", "lora_save") if not cfg.lora_rank else ()
+    """The settings a finished stage must match. LoRA's knobs count only with LoRA on, RAVEN's schedule only when
+    set, so stages run before they existed (the same numbers) are still found done."""
+    off = (("lora_rank", "lora_alpha", "lora_save") if not cfg.lora_rank else ()) + \
+        (("agreement_epochs",) if not cfg.agreement_epochs else ())
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_COMPARED + off}
 
 

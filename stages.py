@@ -280,9 +280,13 @@ def implied_configs(exp, seed):
     flags = argparse.Namespace(students=",".join(record["students"]), ensemble=record["ensemble"],
                                sizes=",".join(labels) if exp.get("sweep") else "",
                                genft_epochs=record["train"].get("genft_epochs", 1),
-                               weak_train_layers=record["train"].get("weak_train_layers", ""))
+                               weak_train_layers=record["train"].get("weak_train_layers", ""),
+                               select=select if isinstance(select := record["train"].get("select", ""), str) else "",
+                               prompting=",".join(record["train"].get("prompting", {}).get("baselines", [])),
+                               shots=record["train"].get("prompting", {}).get("shots", 0))
     stages = stages_of_seed(flags, base, exp["kind"], seed, labels, chain)[0]
-    return {stage.path.split("/", 1)[1]: config.comparable(stage.cfg) for stage in stages}
+    return {stage.path.split("/", 1)[1]: (prompting.comparable if isinstance(stage.cfg, prompting.PromptConfig)
+                                          else config.comparable)(stage.cfg) for stage in stages}
 
 
 def stage_cfg(stage, out):

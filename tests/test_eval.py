@@ -250,7 +250,7 @@ def test_single_seed_table_shows_pgr_with_its_interval(tmp_path, capsys):
     w2s_eval.main([str(tmp_path), "--n-boot", "100"])
     printed = capsys.readouterr().out
     p = json.loads((tmp_path / "results.json").read_text())["seeds"]["0"]["pgr"]["student_naive"]["accuracy"]
-    assert "| student_naive | weak | 0.800 |" in printed
+    assert "| student_naive | weak |  | 0.800 |" in printed
     assert f"0.50 [{p['lo']:.2f}, {p['hi']:.2f}]" in printed
 
 

@@ -289,7 +289,7 @@ def test_eval_refuses_a_stage_config_edited_by_hand_naming_the_key(run, capsys):
     out, _ = run
     path = out / "seed0" / "ensemble" / "member1" / "config.json"
     record = json.loads(path.read_text())
-    del record["comparable"]["agreement_epochs"]  # as an older w2s wrote it, before the flag: at its default, accepted
+    record["comparable"].pop("select")  # as an older w2s wrote it, before the flag: at its default, accepted
     path.write_text(json.dumps(record))
     w2s_eval.main([str(out), "--n-boot", "20"])
     record["comparable"]["member"] = 0
