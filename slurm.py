@@ -57,7 +57,7 @@ class SlurmConfig:
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING", "RESIZING",
         "SUSPENDED", "SIGNALING", "STAGE_OUT", "READY", "UNKNOWN", "RESV_DEL_HOLD"}
 SUCCESS = {"COMPLETED", "FINISHED"}  # SLURM's, and submitit's LocalExecutor's (a process that exited 0)
-POLL_SECONDS = 5.0
+POLL_SECONDS = 10.0  # between two looks at the jobs' states (one sacct call)
 BACKEND = "slurm"  # tests: "local", submitit's LocalExecutor (no afterok: a stage is submitted once its inputs are done)
 
 
@@ -151,9 +151,17 @@ def submit(stage, out, s, after):
         raise UserError(f"sbatch refused the job of {stage.path}: {last_line(str(e))}") from None
 
 
+def refresh():
+    """One sacct call for every job this process watches (submitit's own schedule slows to one per 10 minutes)."""
+    if BACKEND == "slurm":
+        import submitit
+        submitit.SlurmJob.watcher.update()
+
+
 def state_of(job):
-    """SLURM's state of a job (CANCELLED, not "CANCELLED by 0"), or the LocalExecutor's."""
-    return (job.state or "UNKNOWN").split()[0].upper()
+    """SLURM's state of a job as the last refresh() saw it (CANCELLED, not "CANCELLED by 0"), or the LocalExecutor's."""
+    state = job.watcher.get_state(job.job_id, mode="cache") if BACKEND == "slurm" else job.state
+    return (state or "UNKNOWN").split()[0].upper()
 
 
 def last_line(text):
@@ -183,13 +191,14 @@ def take_over(todo, out, done):
     their inputs is done or taken over too; a queued job whose input is neither is cancelled (it would run on stale
     labels, or wait for a job that never comes)."""
     import submitit
-    jobs = {}
+    candidates, jobs = [], {}
     for stage in todo:
         folder = out / stage.path / "slurm"
         ids = sorted(int(p.name.split("_")[0]) for p in folder.glob("*_submitted.pkl") if p.name.split("_")[0].isdigit())
-        if not ids or list(folder.glob(f"{ids[-1]}_*_result.pkl")):
-            continue
-        job = submitit.SlurmJob(folder=folder, job_id=str(ids[-1]))
+        if ids and not list(folder.glob(f"{ids[-1]}_*_result.pkl")):  # its latest job has not ended by itself
+            candidates.append((stage, submitit.SlurmJob(folder=folder, job_id=str(ids[-1]))))
+    refresh()
+    for stage, job in candidates:
         if state_of(job) not in LIVE - {"UNKNOWN"}:
             continue
         if all(n in done or n in jobs for n in stage.needs):
@@ -228,6 +237,7 @@ def run_stages(stages, out, cfg, scorer):
     tries, since, seconds, shown = {}, dict.fromkeys(jobs, time.time()), dict.fromkeys(done, 0.0), None
     try:
         while len(done) < len(stages):
+            refresh()
             for path, job in list(jobs.items()):
                 state = state_of(job)
                 if state in LIVE:

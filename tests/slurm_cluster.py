@@ -22,7 +22,8 @@ def missing():
     """Why this machine cannot run the cluster, or None."""
     absent = [name for name in DAEMONS if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
     if absent:
-        return f"SLURM is not installed ({', '.join(absent)} missing: apt-get install slurm-wlm slurmdbd munge mariadb-server)"
+        return (f"SLURM is not installed ({', '.join(absent)} missing: "
+                "apt-get install slurm-wlm slurmdbd munge mariadb-server)")
     if os.geteuid() != 0:
         return "the test cluster's daemons run as root (SlurmUser=root), and this is not root"
     return None
