@@ -8,7 +8,8 @@ Every stage of an experiment as a SLURM job (w2s.py --launcher slurm), through s
 Each job runs its stage's command of --print-commands (with this interpreter, from this directory, OMP_NUM_THREADS
 set to its CPUs); its sbatch script, pickles and logs land in <stage>/slurm/ (<jobid>_0_log.out, <jobid>_0_log.err).
 Every stage is submitted at once, each with afterok on the jobs of its inputs, so the cluster runs the graph in order
-while w2s.py waits, printing a progress line (done, running, pending, failed) whenever it changes, then evaluates.
+while w2s.py waits, printing a progress line whenever it changes (stages done, running, pending; job attempts
+failed), then evaluates.
 
     finished stages  are found by content before anything is submitted (stages.stage_done: settings, outputs and
                      inputs by sha256, as train.py checks them), so a rerun after this process died submits only the
@@ -251,13 +252,7 @@ def run_stages(stages, out, cfg, scorer):
                     score(by_path[path], out, scorer)
                 else:
                     retry(stages, path, job, why, jobs, tries, s.slurm_retries)
-            for stage in stages:
-                if stage.path not in done and stage.path not in jobs and all(
-                        n in done or (afterok and n in jobs) for n in stage.needs):
-                    after = [jobs[n].job_id for n in stage.needs if n not in done]
-                    jobs[stage.path], since[stage.path] = submit(stage, out, s, after), time.time()
-                    print(f"[slurm] submitted {stage.path}: job {jobs[stage.path].job_id}" +
-                          (f" (after {', '.join(after)})" if after else ""), flush=True)
+            submit_ready(stages, out, s, done, jobs, since, afterok)
             line = progress_line(stages, done, jobs, sum(tries.values()))
             if line != shown:
                 print(line, flush=True)
@@ -271,6 +266,17 @@ def run_stages(stages, out, cfg, scorer):
             print(f"[slurm] cancelled {len(jobs)} job(s) still queued or running", flush=True)
         raise
     return seconds
+
+
+def submit_ready(stages, out, s, done, jobs, since, afterok):
+    """Submit every stage whose inputs are done, or with afterok, have jobs of their own (it waits on them)."""
+    for stage in stages:
+        if stage.path not in done and stage.path not in jobs and all(
+                n in done or (afterok and n in jobs) for n in stage.needs):
+            after = [jobs[n].job_id for n in stage.needs if n not in done]
+            jobs[stage.path], since[stage.path] = submit(stage, out, s, after), time.time()
+            print(f"[slurm] submitted {stage.path}: job {jobs[stage.path].job_id}" +
+                  (f" (after {', '.join(after)})" if after else ""), flush=True)
 
 
 def failure(job, state):

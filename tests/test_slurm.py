@@ -105,10 +105,13 @@ def test_bad_slurm_values_are_refused_in_one_line(flags, error):
     assert str(e.value).startswith(error)
 
 
-def test_with_a_gpu_per_job_device_auto_is_the_nodes_cuda_and_experiment_json_says_so():
+def test_with_a_gpu_per_job_device_auto_means_the_nodes_cuda_whatever_this_machine_has():
+    import runtime
     pytest.importorskip("submitit")
     _, base = w2s.parse_args(["--launcher", "slurm", "--slurm-gpus", "1", "--print-commands"])
-    assert base.device == "cuda"
+    assert base.device == "cuda" and runtime.numerics(base) == {"device": "cuda", "dtype": "bf16"}
+    _, base = w2s.parse_args(["--launcher", "slurm", "--print-commands"])
+    assert base.device == "auto"
 
 
 def test_without_sbatch_the_run_stops_in_one_line_before_it_makes_its_directory(tmp_path):
