@@ -69,6 +69,13 @@ def vote_probabilities(out, members):
     return results, written
 
 
+def vote_inputs(members, generation):
+    """What the votes read, by content: the members' predictions, or for generation their weights, which each
+    member's metrics.json records."""
+    return {"members": [rundir.sha256_file(d / "metrics.json") if generation else
+                        rundir.sha256_file(rundir.verified(d, "predictions.json")) for d in members]}
+
+
 def run_ensemble(cfg, run):
     """K weak supervisors, each on a bootstrap resample of weak_train from its own seed; each member's labels are
     kept, and both votes are written from the same members (ensemble/hard, ensemble/soft). The ensemble's own
@@ -80,9 +87,7 @@ def run_ensemble(cfg, run):
     for k, member_dir in enumerate(members):  # a generation vote decodes with the members: they keep their weights
         run(dataclasses.replace(cfg, ensemble=1, member=k, out=str(member_dir),
                                 save_checkpoint=cfg.save_checkpoint or generation))
-    # what the votes read: the members' predictions, or for generation their weights, which metrics.json records
-    inputs = {"members": [rundir.sha256_file(d / "metrics.json") if generation else
-                          rundir.sha256_file(rundir.verified(d, "predictions.json")) for d in members]}
+    inputs = vote_inputs(members, generation)
     with rundir.locked(out, "train.py run"):
         done, why = rundir.stage_status(out, comparable(cfg), inputs)
         if done:

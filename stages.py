@@ -21,7 +21,10 @@ from pathlib import Path
 
 import cli
 import config
+import ensemble
+import job
 import prompting
+import rundir
 import train
 from cli import UserError
 
@@ -300,6 +303,21 @@ def stage_cfg(stage, out):
 def run_stage(cfg):
     """Run one stage's config: a prompting baseline (prompting.py) or a training run (train.py)."""
     return prompting.run(cfg) if isinstance(cfg, prompting.PromptConfig) else train.run(cfg)
+
+
+def stage_done(cfg):
+    """(done?, why not) of a stage's config, checked by content as its own script checks it before running (settings,
+    outputs' and inputs' sha256: rundir.stage_status), with nothing trained: what --launcher slurm submits by."""
+    out = Path(cfg.out)
+    if not (out / "metrics.json").is_file():
+        return False, None
+    if isinstance(cfg, prompting.PromptConfig):
+        return rundir.stage_status(out, prompting.comparable(cfg), prompting.prepare(cfg).inputs)
+    if cfg.ensemble > 1:  # the votes of members that are stages of their own
+        generation = job.cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit).kind == "generation"
+        members = [out / f"member{k}" for k in range(cfg.ensemble)]
+        return rundir.stage_status(out, config.comparable(cfg), ensemble.vote_inputs(members, generation))
+    return rundir.stage_status(out, config.comparable(cfg), job.prepare(cfg).inputs)
 
 
 def command(stage, out, python="python"):

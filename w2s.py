@@ -9,10 +9,11 @@ A whole weak-to-strong experiment in one command, resumable, into one run direct
     python w2s.py --task burns                      # Burns et al.'s NLP tasks, one combined PGR table and plot
     python w2s.py --task safety --print-commands    # the train.py command of every stage, in dependency order
     python w2s.py --task safety --jobs 4            # independent stages in 4 worker processes (one GPU each)
+    python w2s.py --task safety --launcher slurm --slurm-gpus 1  # every stage a SLURM job, in order (slurm.py)
     python w2s.py --track tensorboard               # also log every stage's curves and the results (or wandb)
 
 Stages for every seed (each one a train.py run; a finished stage is skipped on rerun; stages.py builds them, this
-file runs them, one after another or in --jobs worker processes):
+file runs them, one after another or in --jobs worker processes, slurm.py as SLURM jobs with --launcher slurm):
     weak                 weak model on weak_train ground truth; its predictions on w2s_train are the weak labels
     ensemble/member0..K  bootstrap-resampled weak models, and their hard / soft votes (ensemble/hard, ensemble/soft)
     ceiling              strong model on w2s_train ground truth
@@ -50,10 +51,12 @@ import job
 import report
 import rundir
 import runtime
+import slurm
 import tracking
 from cli import UserError
 from data import TASKS
 from prompting import prompt_of
+from slurm import SlurmConfig
 from data import common as data_common
 from stages import (PER_STAGE, command, model_label, prompting_names, run_stage, select_of, stage_cfg, stages_of_seed,
                     student_names)
@@ -76,6 +79,8 @@ class W2SConfig:
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
     scorer: Literal["", "offline", "perspective"] = ""  # toxicity scorer; "" = perspective with a key, else offline
     jobs: int = 1               # stages run at once, each in its own worker process (one GPU each, round robin)
+    launcher: Literal["local", "slurm"] = "local"  # local: stages in this process (or --jobs workers); slurm: each
+    # stage a SLURM job, in dependency order (slurm.py; the --slurm-* flags below)
     print_commands: bool = False  # print every stage's train.py command in dependency order, run nothing
     genft_epochs: int = 1       # the genft student's language-model epochs on w2s_train's texts
     sizes: str = ""             # comma-separated models, smallest first: a sweep of every pair weak < strong
@@ -87,6 +92,7 @@ class W2SConfig:
     # --select); "" = best for supervisors and ceilings, each student its method's own rule (stages.SELECT)
     weak_train_layers: str = ""  # the supervisors' own --train-layers (weak, its ensemble members; e.g. all for a
     # from-scratch weak model under a probed strong one); "" = --train-layers
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # the --slurm-* flags (their own group, slurm.py)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,13 +226,15 @@ def _worker_start(slots, threads, shown):
 
 def parse_args(argv=None):
     parser = cli.new_parser(__doc__)
-    cli.add_config_flags(parser, W2SConfig, title="experiment")
+    cli.add_config_flags(parser, W2SConfig, skip=("slurm",), title="experiment")
+    cli.add_config_flags(parser, SlurmConfig, title="SLURM (--launcher slurm: every stage a job; slurm.py)")
     cli.add_config_flags(parser, config.TrainConfig, skip=PER_STAGE,
                          title="training (train.py flags, applied to every stage)")
     task = parser.parse_known_args(argv)[0].task
     parser.set_defaults(**config.task_defaults(task))  # flags given on the command line still win
     args = vars(parser.parse_args(argv))
-    cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig)})
+    launch = SlurmConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(SlurmConfig)})
+    cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig) if f.name != "slurm"}, slurm=launch)
     base = config.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
     for flag, ok, why in [("ensemble", cfg.ensemble >= 0, "must be >= 0"), ("jobs", cfg.jobs >= 1, "must be at least 1"),
                           ("shots", cfg.shots >= 1, "must be at least 1 (zero-shot is --prompting zeroshot)"),
@@ -236,6 +244,8 @@ def parse_args(argv=None):
         if not ok:
             raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {getattr(cfg, flag)})")
     config.check_config(base)
+    if cfg.launcher == "slurm":
+        slurm.check(cfg, base)
     prompting_names(cfg)
     if cfg.weak_train_layers not in ("", "all") and not cfg.weak_train_layers.isdigit():
         raise UserError("argument --weak-train-layers: must be all or a whole number of top blocks >= 0 "
@@ -330,7 +340,7 @@ def run_experiment(cfg, base, out):
                 print(f"this experiment's seeds: {', '.join(map(str, seeds))} (recorded earlier in {out} and asked now)",
                       flush=True)
             started = True
-            stage_seconds = run_stages(stages, out, cfg, scorer)
+            stage_seconds = (slurm.run_stages if cfg.launcher == "slurm" else run_stages)(stages, out, cfg, scorer)
         except BaseException:
             if not started and created is not None:
                 shutil.rmtree(created, ignore_errors=True)
