@@ -18,10 +18,13 @@ def test_readme_demo_claims_hold_on_every_seed(threads, tmp_path):
         accuracy = {name: run["accuracy"] for name, run in r["runs"].items()}
         pgr = {name: r["pgr"][name]["accuracy"] for name in STUDENTS}
         for name in STUDENTS:
-            # every student beats its weak supervisor and the ceiling beats every student, with a PGR whose 95%
-            # paired-bootstrap interval excludes 0
-            assert accuracy["weak"] < accuracy[name] < accuracy["ceiling"], (seed, name, accuracy)
-            assert pgr[name]["lo"] > 0, (seed, name, pgr[name])
+            # every student beats its weak supervisor, with a PGR whose 95% paired-bootstrap interval excludes 0, and
+            # none is clearly better than the ceiling; logconf may reach it (Intel Xeon, seed 1: 0.992 vs 0.990, PGR
+            # 1.01 [0.98, 1.03]), the others stay below it
+            assert accuracy["weak"] < accuracy[name], (seed, name, accuracy)
+            assert pgr[name]["lo"] > 0 and pgr[name]["lo"] <= 1, (seed, name, pgr[name])
+            if name != "student_logconf":
+                assert accuracy[name] < accuracy["ceiling"], (seed, name, accuracy)
         # the confidence loss recovers the most of the gap
         assert max(pgr, key=lambda n: pgr[n]["pgr"]) == "student_logconf", (seed, pgr)
 

@@ -3,7 +3,11 @@ exactly the results.json numbers recorded in tests/golden_layout.json, which the
 wrote (main at 078e605). Timing, the run directory (helpers.without_paths) and the models' content hashes are left
 out (a toy model's pretrain.json records its pretraining seconds); everything else must match to the bit.
 
-Regenerate only when a change is meant to change the numbers, and say so in the commit:
+The numbers are recorded per kind of CPU (vendor, torch's CPU capability, torch version): fine-tuning is chaotic
+enough that AMD EPYC and Intel Xeon float kernels, both AVX-512, give the same weak stage but different students
+(measured 2026-12-03; the code at 5667e60 and at 6371535 gives the same numbers on each). On an unrecorded CPU the
+test skips, naming its key. Record a new CPU kind, or regenerate when a change is meant to change the numbers (then
+on every recorded CPU kind, and say so in the commit):
     W2S_WRITE_GOLDEN=1 python -m pytest -q tests/test_layout_guard.py
 """
 import json
@@ -11,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import w2s
 from helpers import without_paths
@@ -24,6 +29,14 @@ SWEEP = ["--sizes", "toy-xs,toy-s,toy-l", "--chain", "toy-s", "--students", "all
          "100", "--epochs", "1", "--n-boot", "50", "--quiet"]
 
 
+def cpu_kind():
+    """The key the numbers are recorded under: e.g. "GenuineIntel AVX512 torch 2.13.0+cpu"."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "unknown")
+    return f"{vendor} {torch.backends.cpu.get_cpu_capability()} torch {torch.__version__}"
+
+
 def without_identities(x):
     """x without its "identity" entries (the sha256 of a toy model's files, pretrain.json's seconds included)."""
     if isinstance(x, dict):
@@ -33,11 +46,15 @@ def without_identities(x):
 
 @pytest.mark.slow
 def test_demo_and_sweep_give_the_recorded_numbers(tmp_path):
+    recorded, kind = json.loads(GOLDEN.read_text()), cpu_kind()
+    writing = bool(os.environ.get("W2S_WRITE_GOLDEN"))
+    if kind not in recorded and not writing:
+        pytest.skip(f"no numbers recorded for this CPU kind ({kind}); record them with W2S_WRITE_GOLDEN=1")
     got = {name: without_identities(without_paths(w2s.main(args + ["--out", str(tmp_path / name)])))
            for name, args in [("demo", DEMO), ("sweep", SWEEP)]}
-    if os.environ.get("W2S_WRITE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    expected = without_identities(json.loads(GOLDEN.read_text()))
+    if writing:
+        GOLDEN.write_text(json.dumps({**recorded, kind: got}, indent=1, sort_keys=True) + "\n")
+    expected = without_identities(json.loads(GOLDEN.read_text())[kind])
     for name in expected:  # one experiment, then one seed's entries at a time: a failure names what moved
         assert got[name].keys() == expected[name].keys(), name
         for key in expected[name]:
