@@ -120,7 +120,8 @@ def train_and_save(cfg, job, rt, out):
         lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     model.to(rt.device)
     rt.log(f"task {job.task.name} ({job.task.kind}) role {cfg.role} model {cfg.model or job.model_source} "
-           f"({model.num_params():,} parameters) train {len(job.train_x)} val {len(job.val_x)}")
+           f"({model.num_params():,} parameters{f', its first {job.depth} blocks used' if on_top and job.depth else ''}) "
+           f"train {len(job.train_x)} val {len(job.val_x)}")
     if cfg.lora_rank:
         rt.log(f"LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha} on {len(lora.lora_layers(model))} projections: "
                f"training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters")
