@@ -134,3 +134,25 @@ def test_results_md_opens_with_task_splits_models_seeds_and_changed_settings(sha
     assert "Seeds: 0. Settings that differ from the defaults: limit 24, epochs 1, batch_size 8, max_length 32" in head
     models = results["description"]["models"]  # results.json says the models were random-init, by spec
     assert models["weak"]["identity"] == {"random": "random:1x16"} and models["strong"]["spec"] == "random:1x32"
+
+
+def test_each_row_records_its_checkpoint_rule_per_method_default_or_select(shared_data, tmp_path, monkeypatch):
+    """Without --select every student predicts with its method's rule (stages.SELECT) and supervisors and ceilings
+    with best; results.json's selection and the Weights column of results.md say so row by row. --select final
+    sets every stage's rule, the weak supervisor's too."""
+    import stages
+    monkeypatch.setattr(stages, "SELECT", {**stages.SELECT, "naive": "final", "logconf": "objective"})
+    args = ["--task", "safety", "--data-dir", str(shared_data), "--limit", "24", "--weak", "random:1x16", "--strong",
+            "random:1x32", "--ensemble", "0", "--students", "naive,logconf,entropy", "--max-length", "32", "--epochs",
+            "2", "--batch-size", "8", "--n-boot", "20", "--lr", "1e-2", "--quiet"]
+    own = w2s.main(args + ["--out", str(tmp_path / "own")])
+    assert own["selection"] == {"weak": "best", "ceiling": "best", "student_naive": "final",
+                                "student_logconf": "objective", "student_entropy": "best"}
+    table = (tmp_path / "own" / "results.md").read_text()
+    for row in ("| student_naive | weak | final |", "| student_logconf | weak | best val own loss |",
+                "| student_entropy | weak | best val xent |"):
+        assert row in table, row
+    final = w2s.main(args + ["--select", "final", "--out", str(tmp_path / "final")])
+    assert set(final["selection"].values()) == {"final"}
+    weak = [json.loads((tmp_path / run / "seed0" / "weak" / "metrics.json").read_text()) for run in ("own", "final")]
+    assert weak[0]["select"] == "best" and weak[1]["select"] == "final"
