@@ -23,7 +23,8 @@ failed), then evaluates.
 Resources: the --slurm-* flags apply to every job, the --slurm-student-* ones to the stages of a strong model (ceiling,
 students, chain steps, prompting), each defaulting to the former. GPUs are all or none (one numerics per experiment):
 with --slurm-gpus 1, --device auto means cuda, the compute nodes' numerics, whatever node w2s.py runs on.
-Job states come from sacct, as submitit reads them: the cluster needs accounting (slurmdbd).
+Job states come from sacct, as submitit reads them: the cluster needs accounting (slurmdbd). Only the take-over asks
+squeue, since sacct learns of a job seconds after its submission.
 """
 import os
 import re
@@ -187,6 +188,16 @@ def finished_stages(stages, out):
     return done
 
 
+def queue_states():
+    """{job id: state} of this user's jobs slurmctld holds now. squeue asks slurmctld itself; sacct reads slurmdbd,
+    which learns of a job seconds after its submission, so a job the dead process submitted just before dying would
+    look unknown there, and be neither taken over nor cancelled while a second copy of it ran."""
+    listed = subprocess.run(["squeue", "--me", "-h", "-o", "%i|%T"], capture_output=True, text=True)
+    if listed.returncode:
+        raise UserError(f"squeue failed: {last_line(listed.stderr or listed.stdout)}")
+    return dict(line.split("|", 1) for line in listed.stdout.splitlines() if "|" in line)
+
+
 def take_over(todo, out, done):
     """{path: job} of an earlier w2s.py's jobs still queued or running (its process died), taken over when each of
     their inputs is done or taken over too; a queued job whose input is neither is cancelled (it would run on stale
@@ -198,9 +209,9 @@ def take_over(todo, out, done):
         ids = sorted(int(p.name.split("_")[0]) for p in folder.glob("*_submitted.pkl") if p.name.split("_")[0].isdigit())
         if ids and not list(folder.glob(f"{ids[-1]}_*_result.pkl")):  # its latest job has not ended by itself
             candidates.append((stage, submitit.SlurmJob(folder=folder, job_id=str(ids[-1]))))
-    refresh()
+    queued = queue_states() if candidates else {}
     for stage, job in candidates:
-        if state_of(job) not in LIVE - {"UNKNOWN"}:
+        if queued.get(job.job_id) not in LIVE - {"UNKNOWN"}:
             continue
         if all(n in done or n in jobs for n in stage.needs):
             jobs[stage.path] = job
