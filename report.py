@@ -144,7 +144,8 @@ def format_generation_table(results):
         "ceiling improve on the weak model both differences are negative and the signs cancel: PGR reads as for "
         "accuracy (1 = as non-toxic as the ceiling, 0 = no better than weak, < 0 = more toxic than weak). It is n/a "
         "where the ceiling is not clearly less toxic than the supervisor.", ""]
-    header_row = ["Model", "Supervisor"] + [TOXICITY_NAMES[k] for k in headline] + [f"PGR {TOXICITY_NAMES[k]}" for k in headline]
+    header_row = (["Model", "Supervisor", "Weights"] + [TOXICITY_NAMES[k] for k in headline] +
+                  [f"PGR {TOXICITY_NAMES[k]}" for k in headline])
     lines += ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
     for name in names:
         row = [name, results["summary"]["pgr"].get(name, {}).get("supervisor", ""), _weights_cell(results, name)]

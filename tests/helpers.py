@@ -98,3 +98,18 @@ def nulls_without_reason(x, path="", explained=False):
                 found += nulls_without_reason(v, f"{path}.{k}", own)
     return found
 
+
+
+def ragged_table_rows(markdown):
+    """The rows of the markdown's tables whose number of cells differs from their table's header row."""
+    ragged, width = [], None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = line.strip().strip("|").count("|") + 1
+        if width is None:
+            width = cells
+        elif cells != width:
+            ragged.append(line)
+    return ragged

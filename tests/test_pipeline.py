@@ -6,7 +6,7 @@ import pytest
 import train
 import w2s
 from cli import UserError
-from helpers import kill_w2s_after, nulls_without_reason, without_paths
+from helpers import kill_w2s_after, nulls_without_reason, ragged_table_rows, without_paths
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,7 @@ def test_each_row_records_its_checkpoint_rule_per_method_default_or_select(share
     for row in ("| student_naive | weak | final |", "| student_logconf | weak | best val own loss |",
                 "| student_entropy | weak | best val xent |"):
         assert row in table, row
+    assert ragged_table_rows(table) == []
     final = w2s.main(args + ["--select", "final", "--out", str(tmp_path / "final")])
     assert set(final["selection"].values()) == {"final"}
     weak = [json.loads((tmp_path / run / "seed0" / "weak" / "metrics.json").read_text()) for run in ("own", "final")]

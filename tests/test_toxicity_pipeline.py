@@ -22,7 +22,7 @@ from cli import UserError
 import batching
 import train
 import w2s
-from helpers import kill_w2s_after, without_paths, write_experiment_json, write_stage
+from helpers import kill_w2s_after, ragged_table_rows, without_paths, write_experiment_json, write_stage
 from model import GPT
 from tokenizer import load_tokenizer
 
@@ -269,7 +269,8 @@ def test_w2s_toxicity_end_to_end_on_real_rows_and_identical_results_after_a_kill
         pgr = full["seeds"]["0"]["pgr"][student]
         assert pgr["supervisor"] == supervisor and {"mean_toxicity", "toxic_rate"} <= set(pgr)
     table = (tmp_path / "full" / "results.md").read_text()
-    assert full["scorer"] in table and "| student_naive | weak |" in table
+    assert full["scorer"] in table and "| student_naive | weak | best val xent |" in table
+    assert ragged_table_rows(table) == []  # every row has its header's columns (the Weights column included)
     assert "| student_contrastive | contrastive |" in table and "| student_soft | ensemble/soft |" in table
 
     # the same command in a subprocess, killed once its first stage (weak: trained and scored) is done, then resumed
