@@ -105,8 +105,18 @@ def describe(cfg, base, task, models):
                 if k not in PER_STAGE + config.NOT_COMPARED and v != getattr(defaults, k)}
     return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
             "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
-            "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students} |
-            ({"select": cfg.select} if cfg.select else {})}
+            "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students} | w2s_settings(cfg, task.kind)}
+
+
+def w2s_settings(cfg, kind):
+    """The w2s.py flags that change some stages' numbers, where they differ from the defaults: the header names them
+    beside train.py's."""
+    prompts = prompting_names(cfg)
+    genft = "genft" in student_names(cfg, kind) and cfg.genft_epochs != W2SConfig.genft_epochs
+    given = {"select": cfg.select, "weak_train_layers": cfg.weak_train_layers, "prompting": ",".join(prompts),
+             "shots": cfg.shots if set(prompts) - {"zeroshot"} else None,
+             "genft_epochs": cfg.genft_epochs if genft else None}
+    return {k: v for k, v in given.items() if v not in ("", None)}
 
 
 def experiment_record(cfg, base, task, scorer_name, models):

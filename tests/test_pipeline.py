@@ -126,12 +126,14 @@ def test_w2s_burns_runs_anthropic_hh_end_to_end_and_reports_tasks_it_cannot_load
 def test_results_md_opens_with_task_splits_models_seeds_and_changed_settings(shared_data, tmp_path):
     results = w2s.main(["--task", "safety", "--data-dir", str(shared_data), "--limit", "24", "--weak", "random:1x16",
                         "--strong", "random:1x32", "--ensemble", "0", "--students", "naive", "--out", str(tmp_path),
-                        "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--n-boot", "20", "--quiet"])
+                        "--max-length", "32", "--epochs", "1", "--batch-size", "8", "--n-boot", "20", "--quiet",
+                        "--weak-train-layers", "all"])
     head = (tmp_path / "results.md").read_text().split("| Model |")[0]
     assert "Task **safety** (classification; labels safe / unsafe)" in head
     assert "splits of seed 0: weak_train 24, w2s_train 24, val 24, test 24." in head
     assert "Models: weak `random:1x16` (random init); strong `random:1x32` (random init)." in head
     assert "Seeds: 0. Settings that differ from the defaults: limit 24, epochs 1, batch_size 8, max_length 32" in head
+    assert "students naive, weak_train_layers all." in head  # w2s.py's own flags too
     models = results["description"]["models"]  # results.json says the models were random-init, by spec
     assert models["weak"]["identity"] == {"random": "random:1x16"} and models["strong"]["spec"] == "random:1x32"
 
