@@ -99,7 +99,6 @@ def nulls_without_reason(x, path="", explained=False):
     return found
 
 
-
 def ragged_table_rows(markdown):
     """The rows of the markdown's tables whose number of cells differs from their table's header row."""
     ragged, width = [], None
