@@ -190,6 +190,26 @@ def _locked(model_dir):
     return f
 
 
+def cached_rows(directory, keys, compute):
+    """[one tensor per key] from the store in `directory`, computing only the keys it lacks: compute(positions)
+    gets the positions in `keys` of the missing ones (a key repeated, e.g. a bootstrap resample, is asked once) and
+    returns their tensors in that order. The model's stores are locked meanwhile (--jobs workers take turns)."""
+    lock = _locked(directory.parent)
+    try:
+        store = _read_store(directory)
+        first = {}
+        for i, key in enumerate(keys):
+            if key not in store:
+                first.setdefault(key, i)
+        missing = sorted(first.values())
+        if missing:
+            store.update({keys[i]: row for i, row in zip(missing, compute(missing))})
+            _write_store(directory, store)
+    finally:
+        lock.close()
+    return [store[key] for key in keys]
+
+
 @torch.no_grad()
 def cached_features(model, seqs, k, depth, identity, numerics, rt, quiet=False):
     """Features of every token row in `seqs` for the top K blocks of `model` cut at `depth`, from the store,
@@ -197,24 +217,17 @@ def cached_features(model, seqs, k, depth, identity, numerics, rt, quiet=False):
     `identity` is the whole model's (rundir.model_identity), `numerics` the run's device and precision."""
     directory = store_dir(identity, numerics, f"final@{depth}" if k == 0 else f"block{depth - k}")
     keys = [text_key(s) for s in seqs]
-    lock = _locked(directory.parent)
-    try:
-        store = _read_store(directory)
-        first = {}
-        for i, key in enumerate(keys):
-            if key not in store:
-                first.setdefault(key, i)  # a text repeated (a bootstrap resample) is computed once
-        missing = sorted(first.values())
-        if missing:
-            computed = _compute(model, [seqs[i] for i in missing], k, depth, rt, quiet)
-            for d, rows in computed.items():  # K = 0: every depth from the same pass, each into its own store
-                other = directory if d == depth else directory.with_name(f"final@{d}")
-                target = store if d == depth else _read_store(other)
-                target.update({keys[i]: row for i, row in zip(missing, rows)})
-                _write_store(other, target)
-    finally:
-        lock.close()
-    return [Features(store[key], len(s)) for key, s in zip(keys, seqs)]
+
+    def compute(missing):
+        computed = _compute(model, [seqs[i] for i in missing], k, depth, rt, quiet)
+        for d, rows in computed.items():  # K = 0: every depth from the same pass, each into its own store
+            if d != depth:
+                other = directory.with_name(f"final@{d}")
+                _write_store(other, _read_store(other) | {keys[i]: row for i, row in zip(missing, rows)})
+        return computed[depth]
+
+    rows = cached_rows(directory, keys, compute)
+    return [Features(row, len(s)) for row, s in zip(rows, seqs)]
 
 
 def _compute(model, seqs, k, depth, rt, quiet):

@@ -74,22 +74,31 @@ def _reader(path):
         raise GGUFError(f"{path}: not a readable GGUF file ({str(e).splitlines()[0][:200]})") from None
 
 
-_cache = {}
+_cache = {}  # (path, size, mtime) -> {what: value} of one model file at a time
 
 
-def cached_reader(path):
-    """_reader(path), parsed once per process for an unchanged file: the vocabulary's ~100k strings take seconds
-    to parse, and check_gguf, read_gguf and the tokenizer each need the header."""
+def cached(path, what, build):
+    """build(), once per process for an unchanged file: every stage of an experiment reads the same model, and
+    parsing the vocabulary's ~100k strings, dequantizing the weights and building the tokenizer each take about a
+    second. A changed file (size or mtime) is read again; one file is kept, so replaced files do not pile up."""
     path = Path(path)
     try:
         stat = path.stat()
     except OSError:
-        return _reader(path)
+        return build()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _cache:
-        _cache.clear()  # one model file at a time: keep memory maps of replaced files from piling up
-        _cache[key] = _reader(path)
-    return _cache[key]
+        _cache.clear()
+        _cache[key] = {}
+    if what not in _cache[key]:
+        _cache[key][what] = build()
+    return _cache[key][what]
+
+
+def cached_reader(path):
+    """_reader(path), parsed once per process for an unchanged file (check_gguf, read_gguf and the tokenizer each
+    need the header)."""
+    return cached(path, "reader", lambda: _reader(path))
 
 
 def field(reader, key, default=None):
@@ -211,8 +220,13 @@ def _dequantize(t, path):
 
 def read_gguf(path):
     """(hf_config, state, summary): config.json-like dict, float32 tensors under transformers' names, and the
-    metadata summary (file, size, architecture, tensor types)."""
-    path = Path(path)
+    metadata summary (file, size, architecture, tensor types). Dequantized once per process for an unchanged file:
+    the tensors are shared between calls, so a caller copies them (load_state_dict does) and never writes them."""
+    config, state, summary = cached(path, "tensors", lambda: _read_gguf(Path(path)))
+    return dict(config), dict(state), dict(summary)
+
+
+def _read_gguf(path):
     reader = cached_reader(path)
     summary = _summary(reader, path)
     config = hf_config(reader, path)

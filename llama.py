@@ -177,11 +177,12 @@ class Llama(DecoderLM):
         self.score = nn.Linear(config.n_embd, config.n_classes, bias=False) if config.n_classes > 0 else None
         # not saved: derived from the config, and always float32 (see _apply)
         self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
-        for name, p in self.named_parameters():  # transformers' init: normal(0, 0.02), zero biases, unit norms
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 2:
-                nn.init.normal_(p, mean=0.0, std=0.02)
+        if not self.lm_head.weight.is_meta:  # for_checkpoint builds on meta: the checkpoint fills the weights
+            for name, p in self.named_parameters():  # transformers' init: normal(0, 0.02), zero biases, unit norms
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                elif p.dim() == 2:
+                    nn.init.normal_(p, mean=0.0, std=0.02)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
 
@@ -311,7 +312,7 @@ def from_hf_state(hf_config, state, n_classes=0, source="checkpoint", config_fil
     hf = dict(hf_config)
     if "lm_head.weight" not in state and "score.weight" in state:
         hf["tie_word_embeddings"] = True
-    model = Llama(_config_from_hf(hf, config_file or source, n_classes))
+    model = Llama.for_checkpoint(_config_from_hf(hf, config_file or source, n_classes))
     model._load_hf_state(state, source)
     return model
 

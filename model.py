@@ -153,6 +153,26 @@ class DecoderLM(nn.Module):
         return decode([self], idx, attention_mask, sample(temperature, top_k, top_p, generator), max_new_tokens,
                       eos_token)
 
+    @classmethod
+    def for_checkpoint(cls, config):
+        """The model a checkpoint is loaded into, built without random init: the checkpoint fills every weight but a
+        new classification head, and drawing 135M random numbers only to overwrite them took longer than reading the
+        file. The new head, normal(0, 0.02) as in the random init, is the one draw, so it depends on the seed alone.
+        Loading must then fill every other weight (both families' _load_hf_state refuse a missing tensor)."""
+        with torch.device("meta"):
+            model = cls(config)
+        names = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(name)
+        model.to_empty(device="cpu")
+        for first, *others in names.values():  # to_empty gives each name its own tensor: tie them again
+            for name in others:
+                module, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(module), attr, model.get_parameter(first))
+        if model.score is not None:
+            nn.init.normal_(model.score.weight, mean=0.0, std=0.02)
+        return model
+
     def next_token_logits(self, idx, attention_mask, cache):
         """One decoding step, what decode.py needs of a model: float32 logits (B, vocab_size) of the token after each
         row, and the grown KV cache (start with []; after that `idx` holds only the new tokens, as in _run)."""
@@ -181,12 +201,13 @@ class GPT(DecoderLM):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-1 and GPT-2
         self.score = nn.Linear(config.n_embd, config.n_classes, bias=False) if config.n_classes > 0 else None
-        for name, p in self.named_parameters():  # GPT-2 init, residual projections scaled down by depth
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
+        if not self.lm_head.weight.is_meta:  # for_checkpoint builds on meta: the checkpoint fills the weights
+            for name, p in self.named_parameters():  # GPT-2 init, residual projections scaled down by depth
+                if p.dim() == 2:
+                    std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                    nn.init.normal_(p, mean=0.0, std=std)
+                elif name.endswith("bias"):
+                    nn.init.zeros_(p)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # parameters() yields the tied wte/lm_head once
@@ -254,7 +275,7 @@ class GPT(DecoderLM):
         if str(name_or_path).startswith("random:"):
             return cls(random_config(str(name_or_path), n_classes))
         config_file, weights_file = _checkpoint_files(str(name_or_path), revision)
-        model = cls(_config_from_hf(read_config(config_file), config_file, n_classes))
+        model = cls.for_checkpoint(_config_from_hf(read_config(config_file), config_file, n_classes))
         try:
             state = load_file(weights_file)
         except (SafetensorError, OSError) as e:

@@ -18,6 +18,11 @@ or the argmax of the weak supervisor's probabilities). When a prompt is longer t
 context tokens go first; the query is never cut for the context's sake (only a query longer than the context by
 itself loses the end of its text, as train.py cuts, and keeps its answer cue).
 
+The scores are kept in a store under $W2S_CACHE/features (features.py), keyed by the model's identity, the numerics
+and each prompt's and the label words' token ids, so a rerun of the experiment in another directory, or another
+stage asking the same prompt, reads them instead of running the model; a store that fails its sha256 is recomputed.
+A prompt's scores are computed in a batch of prompts of near length and move with its padding in the last bits.
+
 The run directory (--out) is a stage like train.py's: config.json, predictions.json (test and val, train.py's
 format; --no-val: test alone) and metrics.json last, with the sha256 of its outputs and of its inputs (model, data, prompt, weak labels), so a
 rerun with the same settings and inputs is skipped and eval.py reads it like any other stage.
@@ -37,6 +42,7 @@ import torch
 
 import checkpoints
 import cli
+import features
 import rundir
 from batching import bucketed_batches, collate
 from cli import UserError
@@ -234,12 +240,22 @@ def label_log_probs(model, prompts, label_ids, pad_token, rt=None, batch_size=16
     return scores
 
 
-def label_probs(model, tok, rows, task_name, shots=None, rt=None, batch_size=16, max_len=512, quiet=True):
+def label_probs(model, tok, rows, task_name, shots=None, rt=None, batch_size=16, max_len=512, quiet=True,
+                store=None):
     """(N, C) class probabilities of `rows` (softmax over the label words' summed log-probabilities); `shots`: per
-    row a list of (text, label) put before it (shots_for), none = zero-shot."""
+    row a list of (text, label) put before it (shots_for), none = zero-shot. `store`: a features.py store directory
+    for this model's scores, keyed by each prompt's and the label words' token ids (every seed and stage asking the
+    same prompt shares them); None computes every score."""
     shots = shots if shots is not None else [[] for _ in rows]
     prompts, label_ids = prompt_ids(tok, task_name, rows, shots, max_len)
-    scores = label_log_probs(model, prompts, label_ids, tok.pad_token, rt, batch_size, quiet)
+    if store is None:
+        scores = label_log_probs(model, prompts, label_ids, tok.pad_token, rt, batch_size, quiet)
+    else:
+        words = [t for ids in label_ids for t in [*ids, -1]]  # -1: no token id, so the key's parts cannot run together
+        keys = [features.text_key([*p, -1, *words]) for p in prompts]
+        rows = features.cached_rows(store, keys, lambda missing: [row.clone() for row in torch.from_numpy(
+            label_log_probs(model, [prompts[i] for i in missing], label_ids, tok.pad_token, rt, batch_size, quiet))])
+        scores = torch.stack(rows).numpy()
     return torch.softmax(torch.from_numpy(scores), -1).numpy()
 
 
@@ -301,11 +317,12 @@ def predict_and_save(cfg, job, out):
     model = checkpoints.load(job.source, depth=job.depth).to(rt.device)
     max_len = min(cfg.max_length, model.config.block_size)
     pool = job.task.splits["w2s_train"]
+    store = features.store_dir(job.inputs["model"], job.inputs["numerics"], "prompt-scores")
     predictions = {}
     for split in ("test", "val") if cfg.val else ("test",):
         rows = job.task.splits[split]
         shots = shots_for(rows, pool, job.pool_labels, cfg.shots, cfg.seed)
-        probs = label_probs(model, job.tok, rows, cfg.task, shots, rt, cfg.batch_size, max_len, cfg.quiet)
+        probs = label_probs(model, job.tok, rows, cfg.task, shots, rt, cfg.batch_size, max_len, cfg.quiet, store)
         predictions[split] = {"ids": [r["id"] for r in rows], "labels": [r["label"] for r in rows],
                               "probs": probs.round(6).tolist()}
     test = predictions["test"]

@@ -85,7 +85,8 @@ def selective_targets(cfg, job, rt, model, max_len):
     """Selective W2SG's labels (labels.py states the simplifications): each half of w2s_train is labelled by the
     fold model trained on the other half's weak labels; where it is confident (max probability >= --confidence) its
     hard label replaces the weak one, and the remaining weak labels are averaged over their --knn nearest neighbours
-    in the pretrained strong model's features (this model, before any training)."""
+    in the pretrained strong model's features (this model, before any training; under --train-layers 0 they are the
+    stored features the head trains on)."""
     n = len(job.train_rows)
     halves = labels.cross_fit_halves(n, cfg.seed)
     ids = [r["id"] for r in job.train_rows]
@@ -97,7 +98,11 @@ def selective_targets(cfg, job, rt, model, max_len):
         strong[other] = np.asarray(fold["probs"])[[pos[ids[i]] for i in other]]
     targets, replaced = labels.selective_labels(np.stack(job.train_targets), strong, cfg.confidence)
     if (~replaced).any():
-        feats = features(model, job.tok, [r["text"] for r in job.train_rows], rt, cfg.batch_size, max_len)
+        stored = [getattr(x, "x", None) for x in job.train_x]
+        if all(x is not None and x.dim() == 1 for x in stored):
+            feats = torch.stack(stored).double().numpy()
+        else:
+            feats = features(model, job.tok, [r["text"] for r in job.train_rows], rt, cfg.batch_size, max_len)
         targets = labels.knn_smooth(targets, feats, min(cfg.knn, n), rows=~replaced)
     job.train_targets = list(targets)
     return {"n_replaced": int(replaced.sum()), "n_smoothed": int((~replaced).sum())}

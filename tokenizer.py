@@ -256,7 +256,13 @@ class BPETokenizer:
 
 def gguf_tokenizer(path):
     """BPETokenizer from a GGUF file's metadata (tokenizer.ggml.*): tokens, merges, token types (3 = control and
-    4 = user-defined are matched whole, as transformers adds them), bos/eos/pad ids, add_bos/eos_token, pre."""
+    4 = user-defined are matched whole, as transformers adds them), bos/eos/pad ids, add_bos/eos_token, pre. Built
+    once per process for an unchanged file (gguf_io.cached)."""
+    import gguf_io
+    return gguf_io.cached(path, "tokenizer", lambda: _gguf_tokenizer(path))
+
+
+def _gguf_tokenizer(path):
     import gguf_io
     reader = gguf_io.cached_reader(path)
     kind = gguf_io.field(reader, "tokenizer.ggml.model")

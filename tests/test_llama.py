@@ -243,6 +243,20 @@ def test_tied_lm_head_present_must_equal_the_embedding_and_score_is_reused_when_
     assert Llama.from_pretrained(tmp_path / "cls").score is None
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])  # tied and untied LM heads
+def test_loading_draws_only_the_new_head_from_the_seed_and_every_other_weight_is_the_checkpoints(kind, tmp_path):
+    ref = hf_model(kind)
+    ref.save_pretrained(tmp_path)
+    torch.manual_seed(5)
+    model = Llama.from_pretrained(tmp_path, n_classes=3)
+    torch.manual_seed(5)
+    assert torch.equal(model.score.weight, torch.nn.init.normal_(torch.empty(3, 32), std=0.02))  # the one draw
+    assert (model.lm_head.weight is model.embed.weight) == (kind == "llama")
+    state = {llama._our_name(k): v for k, v in ref.state_dict().items()}
+    assert all(torch.equal(t, state[name]) for name, t in model.state_dict().items() if name != "score.weight")
+    assert torch.equal(model.inv_freq, llama.rope_frequencies(model.config))  # a buffer from the config, not garbage
+
+
 # ---- errors ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("edit, message", [

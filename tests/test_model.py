@@ -215,6 +215,10 @@ def test_score_head_is_loaded_when_shape_fits_else_freshly_initialised(tmp_path)
     fresh = GPT.from_pretrained(tmp_path, n_classes=2).score.weight
     torch.manual_seed(5)
     assert fresh.shape == (2, 32) and torch.equal(fresh, GPT.from_pretrained(tmp_path, n_classes=2).score.weight)
+    torch.manual_seed(5)  # the new head is the load's one random draw, and the LM head stays tied to wte
+    assert torch.equal(fresh, torch.nn.init.normal_(torch.empty(2, 32), std=0.02))
+    model = GPT.from_pretrained(tmp_path, n_classes=2)
+    assert model.lm_head.weight is model.transformer.wte.weight
     assert GPT.from_pretrained(tmp_path).score is None  # an LM ignores a checkpoint's classification head
 
 

@@ -75,6 +75,33 @@ def test_scores_are_the_models_log_probabilities_of_the_label_tokens(tiny):
                 assert scores[i, c] == pytest.approx(want, abs=1e-4)
 
 
+def test_scores_are_stored_read_back_without_the_model_and_a_tampered_store_is_recomputed(shared_data, tiny, tmp_path,
+                                                                                          capsys):
+    model, tok = checkpoints.load(tiny).eval(), byte_tokenizer()
+    task = task_of(shared_data)
+    rows, pool = task.splits["test"], task.splits["w2s_train"]
+    shots = prompting.shots_for(rows, pool, [r["label"] for r in pool], 2, 0)
+    calls = []
+    hidden = model.hidden
+    model.hidden = lambda idx, mask=None: calls.append(len(idx)) or hidden(idx, mask)
+    store = tmp_path / "model" / "prompt-scores"
+
+    def probs(n, **kw):
+        calls.clear()
+        return prompting.label_probs(model, tok, rows[:n], "safety", shots[:n], batch_size=4, max_len=64, **kw)
+
+    want = probs(24)  # byte-level label words are several tokens: one sequence per prompt and class
+    first = probs(16, store=store)
+    assert np.allclose(first, want[:16], atol=1e-6) and sum(calls) == 2 * 16  # other batches: the last bits move
+    assert np.array_equal(probs(16, store=store), first) and calls == []  # read back, the model never runs
+    assert np.allclose(probs(24, store=store), want, atol=1e-6) and sum(calls) == 2 * 8  # only the new prompts run
+    data = store / "features.safetensors"
+    data.write_bytes(data.read_bytes()[:-8] + b"\0" * 8)
+    capsys.readouterr()
+    assert np.allclose(probs(24, store=store), want, atol=1e-6) and sum(calls) == 2 * 24
+    assert "is damaged (sha256 differs from the one recorded): recomputing it" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("word,cls", [(" unsafe", 1), (" safe", 0)])
 def test_a_model_that_spells_a_label_word_gives_its_class(shared_data, word, cls):
     rows = task_of(shared_data).splits["test"]
