@@ -15,6 +15,7 @@ import labels
 import rundir
 from batching import bucketed_batches, collate, lm_targets
 from cli import UserError
+from features import Features
 from optim import make_optimizer, optimizer_step
 
 
@@ -98,9 +99,8 @@ def selective_targets(cfg, job, rt, model, max_len):
         strong[other] = np.asarray(fold["probs"])[[pos[ids[i]] for i in other]]
     targets, replaced = labels.selective_labels(np.stack(job.train_targets), strong, cfg.confidence)
     if (~replaced).any():
-        stored = [getattr(x, "x", None) for x in job.train_x]
-        if all(x is not None and x.dim() == 1 for x in stored):
-            feats = torch.stack(stored).double().numpy()
+        if all(isinstance(x, Features) and x.x.dim() == 1 for x in job.train_x):  # K = 0: the head's own inputs
+            feats = torch.stack([x.x for x in job.train_x]).double().numpy()
         else:
             feats = features(model, job.tok, [r["text"] for r in job.train_rows], rt, cfg.batch_size, max_len)
         targets = labels.knn_smooth(targets, feats, min(cfg.knn, n), rows=~replaced)

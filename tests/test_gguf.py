@@ -148,6 +148,18 @@ def test_tiny_files_equal_what_was_written_and_what_transformers_loads(tmp_path,
     assert config["rms_norm_eps"] == 1e-6 and config.get("head_dim", 16) == getattr(hf, "head_dim", 16) == (head_dim or 16)
 
 
+def test_a_file_is_read_once_per_process_until_it_changes(tmp_path):
+    path = tmp_path / "llama.gguf"
+    write_tiny_gguf(path, "llama")
+    first = gguf_io.read_gguf(path)[1]
+    assert all(a is b for a, b in zip(first.values(), gguf_io.read_gguf(path)[1].values()))  # dequantized once
+    written = write_tiny_gguf(path, "llama", seed=1)  # a new file at the same path: other size or mtime
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    again = gguf_io.read_gguf(path)[1]
+    assert all(torch.equal(again[k], torch.from_numpy(v)) for k, v in written.items())
+    assert not torch.equal(again["model.norm.weight"], first["model.norm.weight"])
+
+
 def test_quantization_types_dequantize_as_transformers_does(tmp_path):
     path = tmp_path / "quantized.gguf"
     types = {"token_embd.weight": Q.Q8_0, "attn_q.weight": Q.Q4_0, "attn_k.weight": Q.Q4_1, "attn_v.weight": Q.Q5_0,

@@ -10,6 +10,7 @@ import torch
 
 import job
 import labels
+import students
 import train
 from cli import UserError
 from helpers import write_stage
@@ -116,6 +117,23 @@ def test_selective_student_replaces_exactly_the_confident_weak_labels(shared_dat
     metrics = run(shared_data, out, *base, "--confidence", str(confidence))
     assert metrics["n_replaced"] == int((strong.max(1) >= confidence).sum()) > 0
     assert metrics["n_replaced"] + metrics["n_smoothed"] == len(rows["ids"])
+
+
+def test_selective_under_train_layers_0_smooths_over_the_stored_features_without_running_the_model(
+        shared_data, models, weak_labels, tmp_path, monkeypatch):
+    base = ["--role", "student", "--model", models[1], "--weak-labels", str(weak_labels), "--train-layers", "0"]
+    for out in ("stored", "recomputed"):
+        for k in (0, 1):
+            run(shared_data, tmp_path / out / f"fold{k}", *base, "--fold", str(k))
+    selective = [*base, "--selective", "--knn", "3", "--confidence", "1.0"]  # nothing replaced: every row smoothed
+    with monkeypatch.context() as m:
+        m.setattr(students, "features", lambda *a, **k: pytest.fail("selective ran the model for its kNN features"))
+        stored = run(shared_data, tmp_path / "stored", *selective)
+    recomputed = run(shared_data, tmp_path / "recomputed", *selective, "--recompute-bottom")  # runs the model
+    assert stored["n_smoothed"] == recomputed["n_smoothed"] == 24
+    probs = [json.loads((tmp_path / out / "predictions.json").read_text())["test"]["probs"]
+             for out in ("stored", "recomputed")]
+    assert np.allclose(*probs, atol=1e-5)
 
 
 def test_learned_student_writes_its_member_weights(shared_data, models, tmp_path):
