@@ -218,10 +218,17 @@ def _dequantize(t, path):
     return torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape))  # a copy: F32 is a view of the map
 
 
+KEEP_BYTES = 2 << 30  # dequantized weights kept per process up to this size: a bigger model's kept copy would double
+# the memory its run needs
+
+
 def read_gguf(path):
     """(hf_config, state, summary): config.json-like dict, float32 tensors under transformers' names, and the
-    metadata summary (file, size, architecture, tensor types). Dequantized once per process for an unchanged file:
-    the tensors are shared between calls, so a caller copies them (load_state_dict does) and never writes them."""
+    metadata summary (file, size, architecture, tensor types). Dequantized once per process for an unchanged file of
+    up to KEEP_BYTES of float32 weights: the tensors are shared between calls, so a caller copies them
+    (load_state_dict does) and never writes them."""
+    if sum(int(np.prod(t.shape)) for t in cached_reader(path).tensors) * 4 > KEEP_BYTES:
+        return _read_gguf(Path(path))
     config, state, summary = cached(path, "tensors", lambda: _read_gguf(Path(path)))
     return dict(config), dict(state), dict(summary)
 

@@ -148,11 +148,15 @@ def test_tiny_files_equal_what_was_written_and_what_transformers_loads(tmp_path,
     assert config["rms_norm_eps"] == 1e-6 and config.get("head_dim", 16) == getattr(hf, "head_dim", 16) == (head_dim or 16)
 
 
-def test_a_file_is_read_once_per_process_until_it_changes(tmp_path):
+def test_a_file_is_read_once_per_process_until_it_changes_unless_it_is_big(tmp_path, monkeypatch):
     path = tmp_path / "llama.gguf"
     write_tiny_gguf(path, "llama")
     first = gguf_io.read_gguf(path)[1]
     assert all(a is b for a, b in zip(first.values(), gguf_io.read_gguf(path)[1].values()))  # dequantized once
+    with monkeypatch.context() as m:
+        m.setattr(gguf_io, "KEEP_BYTES", 1000)  # a big model: dequantized at every read, nothing kept
+        big = gguf_io.read_gguf(path)[1]
+        assert all(a is not b and torch.equal(a, b) for a, b in zip(big.values(), gguf_io.read_gguf(path)[1].values()))
     written = write_tiny_gguf(path, "llama", seed=1)  # a new file at the same path: other size or mtime
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
     again = gguf_io.read_gguf(path)[1]
