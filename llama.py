@@ -272,16 +272,20 @@ class Llama(DecoderLM):
                 continue  # the RoPE buffers some older conversions saved; ours come from the config
             if name == "lm_head.weight" and tied:
                 lm_head = tensor
-            elif name == "score.weight":
+            elif name in ("score.weight", "score.bias"):
                 # a classification head is reused when its shape fits, otherwise the fresh one stays
-                if self.score is not None and tensor.shape == self.score.weight.shape:
+                if self.score is not None and tensor.shape == self.score.weight.shape[:tensor.dim()]:
                     loaded[name] = tensor
             elif name in ours:
                 loaded[name] = tensor
             else:
                 unexpected.append(key)
         if self.score is not None and "score.weight" not in loaded:
+            loaded.pop("score.bias", None)
             loaded["score.weight"] = ours["score.weight"]
+        if "score.bias" in loaded:  # a fitted probe's head (probe.py) has a bias, a fine-tuned one does not
+            self.score.bias = nn.Parameter(torch.zeros_like(loaded["score.bias"]))
+            ours["score.bias"] = self.score.bias
         missing = sorted(_hf_name(k) for k in set(ours) - set(loaded))
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {source} does not match the model: missing tensors {missing}, "

@@ -292,16 +292,20 @@ class GPT(DecoderLM):
                 continue  # the causal-mask buffers of old checkpoints
             if name == "lm_head.weight":
                 lm_head = tensor
-            elif name == "score.weight":
+            elif name in ("score.weight", "score.bias"):
                 # a classification head is reused when its shape fits, otherwise the fresh one stays
-                if self.score is not None and tensor.shape == self.score.weight.shape:
+                if self.score is not None and tensor.shape == self.score.weight.shape[:tensor.dim()]:
                     loaded[name] = tensor
             elif name in ours:
                 loaded[name] = tensor.t() if _CONV1D.search(name) else tensor  # HF Conv1D stores (in, out)
             else:
                 unexpected.append(key)
         if self.score is not None and "score.weight" not in loaded:
+            loaded.pop("score.bias", None)
             loaded["score.weight"] = ours["score.weight"]
+        if "score.bias" in loaded:  # a fitted probe's head (probe.py) has a bias, a fine-tuned one does not
+            self.score.bias = nn.Parameter(torch.zeros_like(loaded["score.bias"]))
+            ours["score.bias"] = self.score.bias
         missing = sorted(set(ours) - set(loaded))
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {weights_file} does not match the model: missing tensors {missing}, "
@@ -352,13 +356,13 @@ _HUB_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt"}
 
 def _our_name(key):
     key = key.removeprefix("transformer.")
-    if key in ("lm_head.weight", "score.weight"):
+    if key in ("lm_head.weight", "score.weight", "score.bias"):
         return key
     return "transformer." + _GPT1_NAMES.get(key, key)
 
 
 def _hub_name(name, gpt1):
-    if name == "score.weight":
+    if name in ("score.weight", "score.bias"):
         return name
     name = name.removeprefix("transformer.")
     return _GPT1_HUB_NAMES.get(name, name) if gpt1 else name
