@@ -71,6 +71,10 @@ class TrainConfig:
     # generation tasks: K >= 1 top blocks and the final norm of the language model, its bottom run at every step
     recompute_bottom: bool = False   # --train-layers K: run the frozen bottom at every step instead of reading its
     # cached outputs (the reference the cache equals)
+    probe: Literal["fit", "sgd"] = "fit"  # --train-layers 0: fit = the head fitted to convergence (full-batch
+    # L-BFGS from zero on standardized features, the L2 penalty by cross-validation on the stage's own training
+    # targets: probe.py); sgd = trained like a fine-tuned model (AdamW, --lr, --epochs: the tables before fitted probes)
+    probe_folds: int = 5             # --probe fit: folds of the cross-validation that picks the penalty
     lora_rank: int = 0               # > 0: LoRA (lora.py): freeze the model, train rank-R adapters of every attention
     # and MLP projection and, for classification, the head in full; 0 = no LoRA
     lora_alpha: float = 8.0          # --lora-rank: the adapters' update is scaled by alpha / rank (peft's default 8)
@@ -195,6 +199,7 @@ def check_student_settings(cfg):
                           ("fold", cfg.fold in (-1, 0, 1), "must be 0 or 1 (or -1: not a fold)"),
                           ("confidence", 0 <= cfg.confidence <= 1, "must be in [0, 1]"),
                           ("knn", cfg.knn >= 1, "must be at least 1"),
+                          ("probe_folds", cfg.probe_folds >= 2, "must be at least 2"),
                           ("genft_epochs", cfg.genft_epochs >= 0, "must be >= 0"),
                           ("cd_beta", cfg.cd_beta >= 0, "must be >= 0"),
                           ("cd_alpha", 0 <= cfg.cd_alpha <= 1, "must be in [0, 1]"),
@@ -245,10 +250,17 @@ NOT_COMPARED = ("out", "data_dir", "weak_labels", "model", "log_every", "device"
 
 def comparable(cfg):
     """The settings a finished stage must match. LoRA's knobs count only with LoRA on, RAVEN's schedule only when
-    set, so stages run before they existed (the same numbers) are still found done."""
+    set, the probe's only for a fitted head, so stages run before they existed (the same numbers) are still found
+    done (an SGD probe of --train-layers 0 among them)."""
     off = (("lora_rank", "lora_alpha", "lora_save") if not cfg.lora_rank else ()) + \
-        (("agreement_epochs",) if not cfg.agreement_epochs else ())
+        (("agreement_epochs",) if not cfg.agreement_epochs else ()) + \
+        (("probe", "probe_folds") if not fitted_probe(cfg) else ())
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_COMPARED + off}
+
+
+def fitted_probe(cfg):
+    """Whether the run's head is fitted (probe.py) rather than trained by SGD."""
+    return cfg.train_layers == "0" and cfg.probe == "fit"
 
 
 def default_out(cfg):

@@ -238,7 +238,8 @@ def _member_weights_table(results):
 
 
 # metrics.json's select -> what results.md says of the weights a run predicts with
-WEIGHTS = {"best": "best val xent", "final": "final", "objective": "best val own loss"}
+WEIGHTS = {"best": "best val xent", "final": "final", "objective": "best val own loss",
+           "fit": "fitted probe"}  # fit: --train-layers 0 --probe fit, no checkpoint to choose (probe.py)
 
 
 def _weights_cell(results, name):

@@ -279,7 +279,8 @@ def implied_configs(exp, seed):
         return None
     fields = {f.name for f in dataclasses.fields(config.TrainConfig)}
     base = config.TrainConfig(task=record["task"], **{k: v for k, v in record["train"].items()
-                                                      if k in fields and k not in PER_STAGE})
+                                                      if k in fields and k not in PER_STAGE} |
+                              {"probe": record["train"].get("probe", "sgd")})  # absent: every probe before fitted ones
     labels = exp.get("sweep") or [runs["weak"], runs["ceiling"]]
     chain = [role.removeprefix("chain ") for role in record["models"] if role.startswith("chain ")]
     # the w2s.py flags stages_of_seed reads (w2s.W2SConfig's names), as the record keeps them

@@ -37,6 +37,7 @@ import ensemble
 import features
 import labels
 import lora
+import probe
 import rundir
 import tracking
 from batching import bucketed_batches, collate, lm_targets
@@ -126,9 +127,10 @@ def train_and_save(cfg, job, rt, out):
         rt.log(f"LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha} on {len(lora.lora_layers(model))} projections: "
                f"training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters")
     t0, extra = time.time(), {}
+    fitted = on_top and config.fitted_probe(cfg)
     if on_top:
         model = features.train_on_top(cfg, job, rt, model, max_len)
-        rt.log(f"training the top {cfg.train_layers} of {model.config.n_layer} blocks and the head "
+        rt.log(f"{'fitting the head' if fitted else f'training the top {cfg.train_layers} of {model.config.n_layer} blocks and the head'} "
                f"({sum(p.numel() for p in model.parameters()):,} parameters) on "
                f"{'the bottom run at every step' if cfg.recompute_bottom else 'cached features'}")
     if cfg.selective:  # needs the pretrained model's features: before any training
@@ -139,7 +141,7 @@ def train_and_save(cfg, job, rt, out):
         extra["genft_final_loss"] = lm_warm_start(model, [r["text"] for r in job.train_rows], cfg, rt, job.tok, max_len)
         rt.log(f"generative fine-tuning on {len(job.train_rows)} unlabeled texts: final LM loss "
                f"{extra['genft_final_loss']}")
-    stats = train_loop(cfg, job, rt, model) | extra
+    stats = (probe.fit_stage(cfg, job, rt, model) if fitted else train_loop(cfg, job, rt, model)) | extra
     if rt.master:
         result = finish(cfg, job, rt, model, stats, out, max_len, t0)
     else:

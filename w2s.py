@@ -127,6 +127,8 @@ def experiment_record(cfg, base, task, scorer_name, models):
         settings["genft_epochs"] = cfg.genft_epochs
     if cfg.weak_train_layers:
         settings["weak_train_layers"] = cfg.weak_train_layers
+    if base.probe == "fit" and "0" in (base.train_layers, cfg.weak_train_layers):  # some stage's head is fitted
+        settings |= {"probe": base.probe, "probe_folds": base.probe_folds}
     prompts = prompting_names(cfg)
     if prompts:  # recorded only when asked for: experiments without prompting keep their identity
         settings["prompting"] = {"baselines": prompts, "shots": cfg.shots if set(prompts) - {"zeroshot"} else 0}
