@@ -83,7 +83,7 @@ def test_cross_validation_picks_the_penalty_a_brute_force_loop_picks():
     x, t, ids = synthetic(n=200, d=8, seed=3, noise=3.0)
     folds = probe.folds_of(ids, 5)
     rows = probe.Rows.of(x)
-    chosen, mean_loss, _ = probe.choose_penalty(rows, torch.tensor(t), folds)
+    chosen, mean_loss, _ = probe.choose_penalty(rows, torch.tensor(t), folds, patience=None)
     z = standardized(x)
     brute = []
     for penalty in probe.PENALTIES:  # every fold refitted from zero by the independent Newton solve
@@ -97,6 +97,12 @@ def test_cross_validation_picks_the_penalty_a_brute_force_loop_picks():
     assert chosen == probe.PENALTIES[int(np.argmin(brute))]
     assert np.allclose(mean_loss, brute, atol=1e-6)
     assert probe.PENALTIES[0] > chosen > probe.PENALTIES[-1]  # a real choice, not an end of the path
+    # the default path stops PATIENCE penalties past the best: the same choice, and the losses it visited unchanged
+    early, early_loss, per_fold = probe.choose_penalty(rows, torch.tensor(t), folds)
+    visited = len(early_loss)
+    assert early == chosen and visited < len(probe.PENALTIES)
+    assert visited - 1 - int(np.argmin(early_loss)) == probe.PATIENCE
+    assert np.allclose(early_loss, brute[:visited], atol=1e-6) and all(len(f) == visited for f in per_fold)
 
 
 def test_folds_keep_every_copy_of_a_row_together_and_draw_nothing():
@@ -261,8 +267,11 @@ def test_a_fit_that_stops_short_of_its_tolerance_says_so(shared_data, tmp_path, 
 def test_the_record_holds_the_path_the_penalty_and_the_fit(shared_data, tmp_path):
     metrics = train.run(train.parse_args(stage_args(shared_data, tmp_path / "r", "--role", "weak")))
     record = metrics["probe"]
-    assert record["penalties"] == list(probe.PENALTIES) and len(record["cv_loss"]) == len(probe.PENALTIES)
+    visited = len(record["cv_loss"])  # the path from the largest penalty down, PATIENCE past the best or to its end
+    assert record["penalties"] == list(probe.PENALTIES) and 1 <= visited <= len(probe.PENALTIES)
     assert record["penalty"] == probe.PENALTIES[int(np.argmin(record["cv_loss"]))]
+    assert visited == len(probe.PENALTIES) or visited - 1 - int(np.argmin(record["cv_loss"])) == record["patience"]
+    assert record["refit_iterations"] > 0
     assert record["converged"] and record["grad"] <= probe.TOL and metrics["select"] == "fit"
 
 
