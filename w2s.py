@@ -136,7 +136,8 @@ def experiment_record(cfg, base, task, scorer_name, models):
     settings["select"] = rules.pop() if len(rules) == 1 else {"students": {s: select_of(cfg, s) for s in students}}
     settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
-            "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
+            "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit}
+            | ({"source": task.source["name"]} if task.source else {}),
             "train": settings, "students": students, "ensemble": cfg.ensemble, "scorer": scorer_name}
 
 
