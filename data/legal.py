@@ -42,12 +42,12 @@ def read(name, data_dir):
                           f"{info['policies']} policies): LegalBench's privacy_policy_qa test split is not in "
                           f"{data_dir}/legal/test.tsv and {why}")
             return source
-    source = read_legalbench(name, test)
+    source = read_legalbench(name, test, data_dir)
     cli.note_once(f"legal: using LegalBench privacy_policy_qa from {test} ({source['source']['rows']:,} rows)")
     return source
 
 
-def read_legalbench(name, test):
+def read_legalbench(name, test, data_dir):
     paths = [test] + [p for p in [local_file(data_dir, "legal", "train.tsv")] if p is not None]
     examples, empty = [], []
     for path in paths:
