@@ -107,7 +107,11 @@ def describe(cfg, base, task, models):
     defaults = config.TrainConfig()
     settings = {k: v for k, v in dataclasses.asdict(base).items()
                 if k not in PER_STAGE + config.NOT_COMPARED and v != getattr(defaults, k)}
-    return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
+    summary = task.summary()
+    source = {"source": summary["source"]} if task.source else {}
+    if task.source and task.source.get("group"):  # e.g. how many policies each split holds
+        source["split_groups"] = {name: s[task.source["group"]] for name, s in summary["splits"].items()}
+    return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names), **source,
             "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
             "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students} | w2s_settings(cfg, task.kind)}
 
@@ -335,10 +339,10 @@ def run_experiment(cfg, base, out):
             raise
         raise hub.OfflineError(f"{e} {' and '.join(specs)} are the paper's models; without the Hub, {OFFLINE_PAIR} "
                                f"run instead (SmolLM2-135M-Instruct from PyPI, its first 4 blocks the weak model; on a "
-                               f"CPU in minutes with {CPU_MINUTES}).") from None
+                               f"CPU in about 15 minutes with {CPU_MINUTES}).") from None
     if papers and kind == "classification" and base.train_layers == "all" and runtime.run_device(base).type == "cpu":
         cli.note_once(f"note: on a CPU the paper's models fine-tuned in full on {len(task.splits['w2s_train']):,} rows "
-                      f"take hours; {CPU_MINUTES} takes minutes")
+                      f"take hours; {OFFLINE_PAIR} {CPU_MINUTES} takes about 15 minutes on 2 cores")
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
     scorer = evaluation.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
