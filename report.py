@@ -116,8 +116,13 @@ def header(results):
     if d:
         sizes = ", ".join(f"{k} {v}" for k, v in d.get("splits", {}).items())
         labels = " / ".join(d.get("label_names", []))
-        lines.append(f"Task **{d.get('task')}** ({results['kind']}{f'; labels {labels}' if labels else ''}); "
-                     f"splits of seed {seeds[0] if seeds else '-'}: {sizes}.")
+        source = d.get("source")  # a task with several data sets (legal): the one read, and its policies
+        read = f"; data {source['dataset']}, {source['rows']:,} rows" if source else ""
+        groups = source.get("group") if source else None
+        per_split = f" ({groups}: {', '.join(f'{k} {v}' for k, v in d['split_groups'].items())})" \
+            if groups and d.get("split_groups") else ""
+        lines.append(f"Task **{d.get('task')}** ({results['kind']}{f'; labels {labels}' if labels else ''}{read}); "
+                     f"splits of seed {seeds[0] if seeds else '-'}: {sizes}{per_split}.")
         models = d.get("models", {})
         lines.append("Models: " + "; ".join(f"{role} {_model_text(m)}" for role, m in models.items()) + ".")
         settings = ", ".join(f"{k} {v}" for k, v in d.get("settings", {}).items()) or "none"

@@ -87,9 +87,11 @@ def files_sha256(directory):
 
 
 def data_identity(summary):
-    """What data a stage saw, from Task.summary(): source files by content, each split by its example ids."""
-    return {"task": summary["task"], "files": sorted(f["sha256"] for f in summary["files"]),
-            "splits": {name: s["ids_sha256"] for name, s in summary["splits"].items()}}
+    """What data a stage saw, from Task.summary(): source files by content, each split by its example ids, and for a
+    task with several data sets the one read (legal: LegalBench or PolicyQA)."""
+    identity = {"task": summary["task"], "files": sorted(f["sha256"] for f in summary["files"]),
+                "splits": {name: s["ids_sha256"] for name, s in summary["splits"].items()}}
+    return identity | ({"source": summary["source"]["name"]} if summary.get("source") else {})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ vote of the weak ensemble), every ensemble member's labels (--learned), or Selec
 (--selective); and Burns et al.'s generative fine-tuning, a student's warm start on w2s_train's texts (--genft-epochs).
 The label transforms themselves are in labels.py; the losses that train on the targets in losses.py.
 """
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 import cli
+import config
 import labels
 import rundir
 from batching import bucketed_batches, collate, lm_targets
@@ -46,14 +48,36 @@ def supervisor_path(cfg):
                 "predictions.json")
     if cfg.fold >= 0 and not cfg.weak_labels:  # a fold of <stage>/fold<k>: the stage's supervisor
         path = out.parent.parent / "weak" / "predictions.json"
-    if not path.is_file():
+    if not path.is_file() and (cfg.weak_labels or cfg.fold >= 0 or not hasattr(cfg, "task")):
         raise UserError(f"weak labels not found: {path} (run --role weak first, with --ensemble K for --vote, or pass "
                         "--weak-labels)")
+    if not path.is_file():
+        raise UserError(f"weak labels not found: {path}; make them first: {weak_command(cfg, path)} (or every stage "
+                        f"at once: python w2s.py --task {cfg.task}{split_flags(cfg, '--seeds')}{data_flag(cfg)})")
     for stage in (path.parent, path.parent.parent):  # weak/predictions.json, ensemble/hard/predictions.json
         record = stage / "metrics.json"
         if record.is_file() and str(path.relative_to(stage)) in cli.read_json(record).get("outputs", {}):
             return rundir.verified(stage, str(path.relative_to(stage)))
     return path
+
+
+def weak_command(cfg, path):
+    """The train.py command that writes `path`, the weak labels a student of `cfg` reads by default: the same data,
+    seed and limit (the splits), the supervisor's directory."""
+    stage = path.parent.parent if cfg.vote else path.parent  # ensemble/hard/predictions.json: the ensemble's
+    flags = ["--task", cfg.task, "--role", "weak"] + (["--ensemble", "5"] if cfg.vote else [])
+    default = Path(config.default_out(dataclasses.replace(cfg, role="weak", vote="", ensemble=5 if cfg.vote else 1)))
+    flags += [] if stage == default else ["--out", str(stage)]
+    return "python train.py " + " ".join(flags) + split_flags(cfg) + data_flag(cfg)
+
+
+def split_flags(cfg, seed_flag="--seed"):
+    """The flags that fix the splits, where they are not the defaults."""
+    return (f" {seed_flag} {cfg.seed}" if cfg.seed else "") + (f" --limit {cfg.limit}" if cfg.limit else "")
+
+
+def data_flag(cfg):
+    return f" --data-dir {cfg.data_dir}" if cfg.data_dir else ""
 
 
 def member_paths(cfg):

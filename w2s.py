@@ -47,6 +47,7 @@ import checkpoints
 import cli
 import config
 import evaluation
+import hub
 import job
 import report
 import rundir
@@ -62,6 +63,9 @@ from stages import (PER_STAGE, command, model_label, prompting_names, run_stage,
                     student_names)
 from tokenizer import load_tokenizer
 
+# the real pretrained pair a machine without the Hub can have, and the flags that make a CPU experiment minutes long
+OFFLINE_PAIR = f"--weak {config.PACKAGED_MODEL}@4 --strong {config.PACKAGED_MODEL}"
+CPU_MINUTES = "--train-layers 0 --limit 300 --max-length 192"
 BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
 
 
@@ -103,7 +107,11 @@ def describe(cfg, base, task, models):
     defaults = config.TrainConfig()
     settings = {k: v for k, v in dataclasses.asdict(base).items()
                 if k not in PER_STAGE + config.NOT_COMPARED and v != getattr(defaults, k)}
-    return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names),
+    summary = task.summary()
+    source = {"source": summary["source"]} if task.source else {}
+    if task.source and task.source.get("group"):  # e.g. how many policies each split holds
+        source["split_groups"] = {name: s[task.source["group"]] for name, s in summary["splits"].items()}
+    return {"task": task.name, "kind": task.kind, "label_names": list(task.label_names), **source,
             "splits": {name: len(rows) for name, rows in task.splits.items()}, "models": models,
             "settings": settings | {"ensemble": cfg.ensemble, "students": cfg.students} | w2s_settings(cfg, task.kind)}
 
@@ -136,7 +144,8 @@ def experiment_record(cfg, base, task, scorer_name, models):
     settings["select"] = rules.pop() if len(rules) == 1 else {"students": {s: select_of(cfg, s) for s in students}}
     settings["numerics"] = runtime.numerics(base)
     return {"task": cfg.task, "models": {role: m["identity"] for role, m in models.items()}, "sweep": bool(cfg.sizes),
-            "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit},
+            "data": {"files": sorted(f["sha256"] for f in task.files), "limit": base.limit}
+            | ({"source": task.source["name"]} if task.source else {}),
             "train": settings, "students": students, "ensemble": cfg.ensemble, "scorer": scorer_name}
 
 
@@ -322,7 +331,18 @@ def run_experiment(cfg, base, out):
                             "label words of a classification task")
         prompt_of(base.task)
     roles = [model_label(spec) for spec in specs] if cfg.sizes else ["weak", "strong"]  # --weak X --strong X: both
-    models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
+    papers = not (cfg.weak or cfg.strong or cfg.sizes) and specs == [config.DEFAULT_MODELS[kind][r] for r in roles]
+    try:
+        models = {role: model_record(spec, base.data_dir, base.quiet) for spec, role in zip(specs, roles)}
+    except hub.OfflineError as e:
+        if not papers:
+            raise
+        raise hub.OfflineError(f"{e} {' and '.join(specs)} are the paper's models; without the Hub, {OFFLINE_PAIR} "
+                               f"run instead (SmolLM2-135M-Instruct from PyPI, its first 4 blocks the weak model; on a "
+                               f"CPU in about 15 minutes with {CPU_MINUTES}).") from None
+    if papers and kind == "classification" and base.train_layers == "all" and runtime.run_device(base).type == "cpu":
+        cli.note_once(f"note: on a CPU the paper's models fine-tuned in full on {len(task.splits['w2s_train']):,} rows "
+                      f"take hours; {OFFLINE_PAIR} {CPU_MINUTES} takes about 15 minutes on 2 cores")
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
     # made before any training, so a missing API key or scorer data stops the experiment at once
     scorer = evaluation.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None

@@ -7,7 +7,9 @@ load_task: the task module reads its source files (data/common.py describes the 
 -> split -> limit -> Task. Splits are a pure function of (examples, seed): the test set is held out first
 (20%, stratified by label), val is 10% of the rest (at most 500), and the remainder is halved into
 weak_train (the weak supervisor's training data) and w2s_train (the strong student's, labelled by the weak
-model). Examples sharing a "group" always land in the same split.
+model). Examples sharing a "group" always land in the same split; groups are stratified by their labels, or by the
+"stratum" their examples share when the reader gives one (PolicyQA: a policy's size band). --limit keeps whole
+"unit"s (default: whole groups).
 """
 import hashlib
 import importlib
@@ -45,6 +47,7 @@ class Task:
     seed: int = 0
     limit: int | None = None
     dropped: dict = field(default_factory=dict)  # what validation removed, by reason
+    source: dict | None = None  # which data set a task with several sources read (legal: LegalBench or PolicyQA)
 
     def summary(self):
         """JSON-able record of exactly which data a run saw (train.py stores it with every run)."""
@@ -57,8 +60,11 @@ class Task:
                 "label_counts": {label: counts[i] for i, label in enumerate(self.label_names)},
                 "ids_sha256": hashlib.sha256(ids.encode()).hexdigest(),
             }
-        return {"task": self.name, "kind": self.kind, "label_names": list(self.label_names), "seed": self.seed,
-                "limit": self.limit, "splits": splits, "dropped": dict(self.dropped), "files": list(self.files)}
+            if self.source and self.source.get("group"):  # e.g. how many policies the split holds
+                splits[name][self.source["group"]] = len({ex["group"] for ex in examples})
+        summary = {"task": self.name, "kind": self.kind, "label_names": list(self.label_names), "seed": self.seed,
+                   "limit": self.limit, "splits": splits, "dropped": dict(self.dropped), "files": list(self.files)}
+        return summary | ({"source": dict(self.source)} if self.source else {})
 
 
 def load_task(name, data_dir=None, seed=0, limit=None):
@@ -81,7 +87,8 @@ def load_task(name, data_dir=None, seed=0, limit=None):
             missing = [n for i, n in enumerate(source["label_names"]) if i not in present]
             raise DataError(f"task {name!r}: split {s!r} has no example of class {missing}"
                             f"{f' with --limit {limit}: use a larger --limit' if limit is not None else ''}.")
-    return Task(name, source["kind"], list(source["label_names"]), splits, source["files"], seed, limit, dropped)
+    return Task(name, source["kind"], list(source["label_names"]), splits, source["files"], seed, limit, dropped,
+                source.get("source"))
 
 
 def validate(name, examples, label_names):
@@ -130,22 +137,26 @@ def split(examples, seed, train_filter=None):
     return {"weak_train": weak_train, "w2s_train": w2s_train, "val": val, "test": test}
 
 
-def units_by_stratum(examples):
-    """Groups of examples that must stay together (one per "group", else one per example), bucketed by
-    their sorted label tuple so that stratifying over units also stratifies over labels."""
+def units_by_stratum(examples, unit="group"):
+    """Sets of examples that must stay together (one per `unit` key: "group", or "unit" falling back to "group";
+    else one per example), bucketed by their sorted label tuple so that stratifying over units also stratifies over
+    labels, or for groups by the "stratum" the reader gave them."""
     units = {}
     for i, ex in enumerate(examples):
-        units.setdefault(ex.get("group", ("row", i)), []).append(i)
+        units.setdefault(ex.get(unit, ex.get("group", ("row", i))), []).append(i)
     strata = {}
     for members in units.values():
-        strata.setdefault(tuple(sorted(examples[i]["label"] for i in members)), []).append(members)
+        first = examples[members[0]]
+        key = first["stratum"] if unit == "group" and "stratum" in first else \
+            tuple(sorted(examples[i]["label"] for i in members))
+        strata.setdefault(key, []).append(members)
     return [strata[key] for key in sorted(strata)]
 
 
-def take_stratified_fraction(examples, frac, rng):
+def take_stratified_fraction(examples, frac, rng, unit="group"):
     """(taken, rest): about frac of the units of each stratum (largest-remainder rounding, so the total is
     round(frac * units)), chosen at random."""
-    strata = units_by_stratum(examples)
+    strata = units_by_stratum(examples, unit)
     exact = np.array([frac * len(units) for units in strata])
     counts = np.floor(exact).astype(int)
     short = int(round(frac * sum(len(units) for units in strata))) - counts.sum()
@@ -160,11 +171,11 @@ def take_stratified_fraction(examples, frac, rng):
 
 
 def take_stratified(examples, limit, rng):
-    """At most `limit` examples with the label mix of `examples` (whole groups only)."""
+    """At most `limit` examples with the label mix of `examples` (whole units only)."""
     if len(examples) <= limit:
         return examples
-    taken, _ = take_stratified_fraction(examples, limit / len(examples), rng)
-    while len(taken) > limit:  # only with uneven group sizes: drop whole trailing groups until it fits
-        last = taken[-1].get("group")
-        taken = taken[:-1] if last is None else [ex for ex in taken if ex.get("group") != last]
+    taken, _ = take_stratified_fraction(examples, limit / len(examples), rng, unit="unit")
+    while len(taken) > limit:  # only with uneven unit sizes: drop whole trailing units until it fits
+        last = taken[-1].get("unit", taken[-1].get("group"))
+        taken = taken[:-1] if last is None else [ex for ex in taken if ex.get("unit", ex.get("group")) != last]
     return taken

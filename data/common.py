@@ -5,9 +5,11 @@ A task module (data/<module>.py) implements one function:
 
     def read(name, data_dir) -> dict(kind="classification" | "generation",
                                      label_names=[...],           # label index = position
-                                     examples=[{"id", "text", "label", ("group")...}],
+                                     examples=[{"id", "text", "label", ("group", "stratum", "unit")...}],
                                      files=[{"path", "sha256"}],  # every source file read
-                                     train_filter=None)           # optional: example -> bool, see below
+                                     train_filter=None,           # optional: example -> bool, see below
+                                     source=None)                 # optional: {"name", ...} of the data set read,
+                                                                  # for a task with several (recorded, compared)
     # data_dir: a folder with one sub-folder per task (data_dir/<task>/<file>), or None = download/cache.
     # train_filter, when given, drops examples from weak_train / w2s_train / val only (test keeps all).
 

@@ -1,7 +1,10 @@
 """legal (Ye et al. 2024): LegalBench privacy_policy_qa, does a privacy-policy clause answer a question?
 TSV `index question text answer` (answer Relevant / Irrelevant). The pool is LegalBench's test split
 (10,923 rows, the one the paper uses) plus the 8-row train split when it is there. Read from
-data_dir/legal/test.tsv (+ train.tsv), else the test file of the Hub dataset nguha/legalbench."""
+data_dir/legal/test.tsv (+ train.tsv), else the test file of the Hub dataset nguha/legalbench. Where neither can be
+had, the same task built from PolicyQA in data_dir/legal/policyqa/ (data/policyqa.py); one line says which was read,
+and the run records it (Task.source), so runs on the two are never taken for one another."""
+import cli
 import hub
 from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, local_file, parse_label,
                          read_table, warn_dropped)
@@ -22,7 +25,29 @@ def build_text(question, clause):
 
 
 def read(name, data_dir):
-    test = local_file(data_dir, "legal", "test.tsv") or hub_test_file(data_dir)
+    """LegalBench where its test split can be had, else PolicyQA from data_dir, else one line naming both."""
+    import data.policyqa as policyqa  # here: it builds its rows with this module's build_text
+    test = local_file(data_dir, "legal", "test.tsv")
+    if test is None:
+        try:
+            test = hub_test_file(data_dir)
+        except (hub.OfflineError, DataError) as e:
+            if policyqa.folder(data_dir) is None:
+                raise type(e)(f"{e} Or give PolicyQA's dev.json and test.json in DIR/legal/policyqa/ (the same task on "
+                              "OPP-115's privacy policies; data/policyqa.py).") from None
+            source = policyqa.read(name, data_dir)
+            why = "the Hub cannot be reached" if isinstance(e, hub.OfflineError) else "the Hub has no test TSV"
+            info = source["source"]
+            cli.note_once(f"legal: using PolicyQA from {policyqa.folder(data_dir)} ({info['rows']:,} rows, "
+                          f"{info['policies']} policies): LegalBench's privacy_policy_qa test split is not in "
+                          f"{data_dir}/legal/test.tsv and {why}")
+            return source
+    source = read_legalbench(name, test, data_dir)
+    cli.note_once(f"legal: using LegalBench privacy_policy_qa from {test} ({source['source']['rows']:,} rows)")
+    return source
+
+
+def read_legalbench(name, test, data_dir):
     paths = [test] + [p for p in [local_file(data_dir, "legal", "train.tsv")] if p is not None]
     examples, empty = [], []
     for path in paths:
@@ -34,7 +59,10 @@ def read(name, data_dir):
             examples.append({"id": f"legal-{path.stem}-{row['index']}", "text": build_text(row["question"], row["text"]),
                              "label": label})
     warn_dropped(name, {"empty question or clause": empty})
-    return {"kind": "classification", "label_names": LABEL_NAMES, "examples": examples,
+    counts = {label: sum(ex["label"] == i for ex in examples) for i, label in enumerate(LABEL_NAMES)}
+    source = {"name": "legalbench", "dataset": "LegalBench privacy_policy_qa", "rows": len(examples),
+              "label_counts": counts}
+    return {"kind": "classification", "label_names": LABEL_NAMES, "examples": examples, "source": source,
             "files": [file_record(p) for p in paths]}
 
 

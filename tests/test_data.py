@@ -148,10 +148,13 @@ def test_legal_loads_legalbench_tsv_with_the_papers_input_template(shared_data, 
     assert [f["path"].split("/")[-1] for f in task.files] == ["test.tsv", "train.tsv"]
 
 
-def test_legal_without_test_tsv_names_the_file_and_flag_instead_of_running_on_8_rows(shared_data, cache):
+def test_legal_without_test_tsv_names_the_file_and_flag_instead_of_running_on_8_rows(shared_data, cache, tmp_path):
+    (tmp_path / "legal").mkdir()  # LegalBench's 8 train rows only, no PolicyQA beside them
+    shutil.copy(shared_data / "legal" / "train.tsv", tmp_path / "legal" / "train.tsv")
     with pytest.raises(OfflineError) as e:
-        load_task("legal", shared_data)
-    assert "legal/test.tsv" in str(e.value) and "--data-dir" in str(e.value) and str(shared_data) in str(e.value)
+        load_task("legal", tmp_path)
+    assert "legal/test.tsv" in str(e.value) and "--data-dir" in str(e.value) and str(tmp_path) in str(e.value)
+    assert "DIR/legal/policyqa/" in str(e.value)
     assert cached_files(cache) == []
 
 

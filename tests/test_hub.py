@@ -1,6 +1,7 @@
 """An unreachable Hub, with no HF_HUB_OFFLINE: found once per process within seconds, then one line naming what was
 wanted and what to pass instead; never huggingface_hub's ~25 s of "Retrying in 8s [Retry 4/5]" per request."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,11 +40,19 @@ def silent_endpoint():
         yield f"http://127.0.0.1:{server.getsockname()[1]}"
 
 
+def legalbench_train_only(tmp_path, shared_data):
+    """A data dir with LegalBench's train.tsv and neither its test split nor PolicyQA: the Hub is the one source."""
+    (tmp_path / "data" / "legal").mkdir(parents=True)
+    shutil.copy(shared_data / "legal" / "train.tsv", tmp_path / "data" / "legal" / "train.tsv")
+    return tmp_path / "data"
+
+
 def test_train_on_legal_with_a_refused_hub_ends_in_one_line_within_seconds(tmp_path, shared_data):
-    # the issue's command: shared data has legal/train.tsv but not test.tsv, so the test split is asked of the Hub
+    # the issue's command: legal/train.tsv but not test.tsv, so the test split is asked of the Hub
     t0 = time.time()
     r = subprocess.run([sys.executable, "train.py", "--task", "legal", "--role", "student", "--data-dir",
-                        str(shared_data), "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                        str(legalbench_train_only(tmp_path, shared_data)), "--out", str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True,
                        timeout=120, env=online_env(tmp_path, "http://127.0.0.1:9"))  # nothing listens on port 9
     elapsed = time.time() - t0
     assert r.returncode == 2 and "Retry" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
@@ -54,7 +63,8 @@ def test_train_on_legal_with_a_refused_hub_ends_in_one_line_within_seconds(tmp_p
 
 def test_a_hub_that_never_answers_is_found_once_within_seconds_for_data_tokenizers_and_models(
         tmp_path, shared_data, silent_endpoint):
-    r = subprocess.run([sys.executable, "-c", ASK_ALL_THREE, str(shared_data)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", ASK_ALL_THREE, str(legalbench_train_only(tmp_path, shared_data))],
+                       cwd=ROOT, capture_output=True,
                        text=True, timeout=120, env=online_env(tmp_path, silent_endpoint))
     assert r.returncode == 0 and r.stderr == "", r.stderr  # no retry lines, no warnings
     *lines, elapsed = r.stdout.splitlines()
