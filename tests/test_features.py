@@ -118,3 +118,25 @@ def test_top_blocks_train_only_the_top_and_equal_the_full_model_on_cached_featur
     top2 = features.TopBlocks(model, 2)
     assert {id(p) for p in top2.parameters()} == {id(p) for m in [*model.blocks[2:], model.norm, model.score]
                                                   for p in m.parameters()}
+
+
+def test_a_store_written_on_another_cpu_kind_is_not_read_and_hits_and_misses_are_logged(monkeypatch, tmp_path):
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path))
+    seqs, identity, lines = texts(), {"random": "test-cpu-kind"}, []
+    n = len(set(map(tuple, seqs)))
+    computed = []
+    compute = features._compute
+    monkeypatch.setattr(features, "_compute", lambda m, s, *a: computed.append(len(s)) or compute(m, s, *a))
+
+    def run(kind, rows):
+        monkeypatch.setattr(features, "cpu_kind", lambda: kind)
+        return features.cached_features(tiny_gpt(), rows, 0, 3, identity, NUMERICS, CPU, quiet=True, log=lines.append)
+    run("GenuineIntel AVX512 torch 2.13.0+cpu", seqs + seqs[:3])  # a repeated text is one miss
+    here = run("AuthenticAMD AVX512 torch 2.13.0+cpu", seqs)  # the Intel store is not this one's
+    assert computed == [n, n]
+    again = run("AuthenticAMD AVX512 torch 2.13.0+cpu", seqs + texts(4, seed=9))
+    assert computed == [n, n, 4] and all(torch.equal(a.x, b.x) for a, b in zip(here, again))
+    assert [line.split(": ", 1)[1] for line in lines] == [f"{n} texts, 0 hits, {n} misses"] * 2 + [
+        f"{n + 4} texts, {n} hits, 4 misses"]
+    assert lines[0].split(":")[0] != lines[1].split(":")[0] == lines[2].split(":")[0]  # another directory
+    assert features.hardware_kind(NUMERICS) == "AuthenticAMD AVX512 torch 2.13.0+cpu"
