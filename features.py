@@ -31,8 +31,10 @@ from safetensors.torch import load_file, save_file
 
 import cli
 from data.common import cache_dir
+from llama import Llama, packed_trunk
 
 BATCH = 64  # texts of one length per forward pass of the bottom (1: bit-exact against --no-feature-cache, slower)
+TOKENS = 2048  # a Llama under bf16 autocast on CPU: tokens per packed forward pass (llama.packed_trunk)
 
 
 class Features:
@@ -121,9 +123,46 @@ def bottom(model, idx, k, every_depth=False):
     return depths
 
 
+def packed(model, device):
+    """The Llama under `model` when bottom_rows packs its texts (llama.packed_trunk): under bf16 autocast on CPU,
+    where its frozen weights are held in bf16 and the row count of each matmul decides the speed; else None."""
+    model = getattr(model, "model", model)  # _Truncated
+    bf16 = (device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return model if bf16 and isinstance(model, Llama) else None
+
+
+def packed_rows(model, llama, seqs, k, every_depth, bar):
+    """bottom_rows through llama.packed_trunk: texts sorted by length, packed up to TOKENS tokens a pass (a longer
+    text alone); a text's outputs then depend on its pack in the last bits only (tests/test_features.py)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    packs, tokens = [], TOKENS
+    for i in order:
+        if tokens + len(seqs[i]) > TOKENS:
+            packs.append([])
+            tokens = 0
+        packs[-1].append(i)
+        tokens += len(seqs[i])
+    n = model.config.n_layer
+    out = [[None] * len(seqs) for _ in range(n if every_depth else 1)]
+    for pack in packs:
+        got = packed_trunk(llama, [seqs[i] for i in pack], n - k, every_depth=every_depth)
+        if not k and not every_depth:
+            got = [llama.norm(h[-1]) for h in got]
+        for d, rows in enumerate(got if every_depth else [got]):
+            for j, i in enumerate(pack):
+                out[d][i] = rows[j]
+        if bar is not None:
+            bar.update(len(pack))
+    return out if every_depth else out[0]
+
+
 def bottom_rows(model, seqs, k, device, every_depth=False, bar=None):
     """bottom() of token rows of any lengths, rows of one length batched together; a list in the order of `seqs`
-    (with every_depth, one such list per depth)."""
+    (with every_depth, one such list per depth). A Llama under bf16 autocast on CPU packs them instead (packed)."""
+    llama = packed(model, device)
+    if llama is not None:
+        return packed_rows(model, llama, seqs, k, every_depth, bar)
     by_length = {}
     for i, s in enumerate(seqs):
         by_length.setdefault(len(s), []).append(i)
