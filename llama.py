@@ -370,10 +370,10 @@ def _packed_block(block, w, c, x, cos, sin, runs, dtype):
     qkv_w, qkv_b, o_w, o_b, gate_up_w, down_w = w
     T, nq, nkv, hd = x.shape[0], c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.head_dim
     qkv = F.linear(block.attn_norm(x).to(dtype), qkv_w, qkv_b)
-    qk, v = qkv[:, :nq + nkv].view(T, c.n_head + c.n_kv_head, hd).float(), qkv[:, nq + nkv:].view(T, c.n_kv_head, hd)
-    if hasattr(block.attn, "q_norm"):
+    qk, v = qkv[:, :nq + nkv].view(T, c.n_head + c.n_kv_head, hd), qkv[:, nq + nkv:].view(T, c.n_kv_head, hd)
+    if hasattr(block.attn, "q_norm"):  # on the bf16 projections, as under autocast
         qk = torch.cat([block.attn.q_norm(qk[:, :c.n_head]), block.attn.k_norm(qk[:, c.n_head:])], dim=1)
-    q, k = apply_rotary(qk, cos, sin).to(dtype).split([c.n_head, c.n_kv_head], dim=1)  # q and k in one go
+    q, k = apply_rotary(qk.float(), cos, sin).to(dtype).split([c.n_head, c.n_kv_head], dim=1)  # q and k at once
     y = torch.empty(T, nq, dtype=dtype, device=x.device)
     for start, count, n in runs:
         span = slice(start, start + count * n)
