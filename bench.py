@@ -58,6 +58,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from unittest import mock
 
 import numpy as np
 import torch
@@ -764,9 +765,42 @@ def trunk_runs(ours, hf, seqs, pad, device):
                  hf(input_ids=idx, attention_mask=mask).last_hidden_state)
             out.append(h[torch.arange(len(idx), device=device), mask.sum(1) - 1])
         return torch.cat(out)
+    def ours_per_length():  # features.py's batches of one length under autocast, not packed even in bf16
+        with mock.patch.object(features, "packed", lambda *a: None):
+            return torch.stack(features.bottom_rows(ours, seqs, 0, device))
     return {"ours by-length": lambda: torch.stack(features.bottom_rows(ours, seqs, 0, device)),
-            "ref by-length": ref_by_length, "ours padded": functools.partial(padded, "ours"),
+            "ours per-length": ours_per_length, "ref by-length": ref_by_length,
+            "ours padded": functools.partial(padded, "ours"),
             "ref padded": functools.partial(padded, "ref")}, len(groups)
+
+
+MATMUL = 2048  # the large matmul the trunk's rate is measured against: (MATMUL x MATMUL) @ (MATMUL x MATMUL)
+
+
+def matmul_runs(device):
+    """{"matmul fp32|bf16": fn}: this machine's own large matmul, 4 a run (4 * 2 * MATMUL^3 FLOPs), timed in turn
+    with the trunk, so that its rate is measured on the machine as busy as the trunk finds it."""
+    def run(dtype):
+        a = torch.randn(MATMUL, MATMUL, device=device).to(dtype)
+        return lambda: [a @ a for _ in range(4)]
+    return {f"matmul {p}": run(torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
+
+
+def trunk_flops(config, seqs):
+    """Forward FLOPs of the trunk over `seqs`: 2 per weight of every block's matmuls and token, plus causal attention's
+    q.k and attention.v (2 * 2 * head_dim * n_head per query and key it sees: L(L+1)/2 pairs in a text of L)."""
+    c = config
+    per_token = 2 * c.n_embd * ((c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_head * c.head_dim) + \
+        2 * 3 * c.n_embd * c.intermediate_size
+    pairs = sum(n * (n + 1) // 2 for n in map(len, seqs))
+    return c.n_layer * (per_token * sum(map(len, seqs)) + 4 * c.head_dim * c.n_head * pairs)
+
+
+def features_plan(ours, precision, device):
+    """How features.bottom_rows batches the trunk's texts in `precision` (see features.packed)."""
+    if precision == "bf16" and device.type == "cpu" and isinstance(ours, Llama):
+        return f"packed up to {features.TOKENS} tokens a pass, frozen bf16 weights"
+    return "the same batches"
 
 
 def in_precision(fn, precision, device, exact=False):
@@ -793,8 +827,9 @@ def section_trunk(ctx):
     hf = trunk_reference(ctx, ours)
     seqs = safety_rows(ctx.args.data_dir, tok, c["trunk_rows"] or None, c["max_length"])
     fns, n_groups = trunk_runs(ours, hf, seqs, tok.pad_token, dev)
-    out = {f"{k} {p}": in_precision(fn, p, dev, exact=True)() for p in PRECISIONS for k, fn in fns.items()}
-    runs = {f"{k} {p}": in_precision(fn, p, dev) for p in PRECISIONS for k, fn in fns.items()}
+    fns = {p: {k: fn for k, fn in fns.items() if k != "ours per-length" or p == "bf16"} for p in PRECISIONS}
+    out = {f"{k} {p}": in_precision(fn, p, dev, exact=True)() for p in PRECISIONS for k, fn in fns[p].items()}
+    runs = {f"{k} {p}": in_precision(fn, p, dev) for p in PRECISIONS for k, fn in fns[p].items()} | matmul_runs(dev)
     for run in runs.values():  # warm-up (on CUDA: TF32 on, as the timed runs)
         run()
     t = ctx.time(runs)
@@ -806,16 +841,28 @@ def section_trunk(ctx):
             value_row(S, "bf16 autocast: features max |bf16 - fp32| / max |fp32| (by length)",
                       *((out[f"{s} by-length bf16"] - out[f"{s} by-length fp32"]).abs().max().item() / scale
                         for s in ("ours", "ref")), note="how far bf16 moves the features from fp32")]
+    rows.append(value_row(S, "bf16: features max |packed - per-length autocast| / max |fp32|",
+                          (out["ours by-length bf16"] - out["ours per-length bf16"]).abs().max().item() / scale, None,
+                          note="ours: frozen bf16 weights, texts packed, against autocast over the fp32 weights"))
     tokens, B = sum(map(len, seqs)), features.BATCH
     cells = sum(len(seqs[j:j + B]) * max(map(len, seqs[j:j + B])) for j in range(0, len(seqs), B))
     what = f"{c['trunk_model']}, {len(seqs)} safety rows, {tokens} tokens"
+    flops = trunk_flops(ours.config, seqs)
+    matmul = {p: 4 * 2 * MATMUL ** 3 / t[f"matmul {p}"]["median"] for p in PRECISIONS}
     for p in PRECISIONS:
-        rows += [timing_row(S, f"{p}, by length ({n_groups} batches of one length, no padding; {what})",
+        rows += [timing_row(S, f"{p}, features.py's passes (ours: {features_plan(ours, p, dev)}; ref: {n_groups} "
+                               f"batches of one length, no padding; {what})",
                             t[f"ours by-length {p}"], t[f"ref by-length {p}"], work=tokens, unit="tokens/s"),
+                 value_row(S, f"{p}: share of this machine's {p} matmul rate ({MATMUL}^3: {matmul[p] / 1e9:,.0f} "
+                              f"GFLOP/s), {flops / tokens / 1e6:,.0f}M forward FLOPs/token",
+                           *(tokens / t[f"{side} by-length {p}"]["median"] * flops / tokens / matmul[p]
+                             for side in ("ours", "ref")), note="features.py's passes, as the row above"),
                  timing_row(S, f"{p}, padded batches of {B} ({1 - tokens / cells:.0%} padding)", t[f"ours padded {p}"],
                             t[f"ref padded {p}"], work=tokens, unit="tokens/s"),
                  timing_row(S, f"{p}, ours by length | ref column: transformers padded", t[f"ours by-length {p}"],
                             t[f"ref padded {p}"], work=tokens, unit="tokens/s")]
+    rows.append(timing_row(S, "bf16, ours packed | ref column: ours per length under autocast",
+                           t["ours by-length bf16"], t["ours per-length bf16"], work=tokens, unit="tokens/s"))
     return rows + [timing_row(S, "ours by length: bf16 | ref column: ours fp32", t["ours by-length bf16"],
                               t["ours by-length fp32"], work=tokens, unit="tokens/s"),
                    timing_row(S, "transformers padded: bf16 | ref column: transformers fp32", t["ref padded bf16"],

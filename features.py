@@ -4,9 +4,11 @@ the head alone, a linear probe), from the bottom's outputs computed once per tex
 
 Why a cache: every stage of an experiment (weak, its ensemble members, ceiling, each student, each seed) runs the
 same frozen bottom over largely the same texts. Its outputs are a pure function of (model, blocks run, the text's
-token ids, numerics), so one store per (model, blocks, numerics) holds them by token ids and each stage computes
-only the texts it has not seen. A store is content-checked: a file whose sha256 is not the one recorded is found,
-reported and recomputed.
+token ids, numerics, the hardware's kind), so one store per (model, blocks, numerics, hardware kind) holds them by
+token ids and each stage computes only the texts it has not seen. The hardware kind is part of the key because the
+numbers that follow differ with it (cpu_kind(): AMD and Intel kernels give different fine-tuned numbers): a store
+filled on another kind of CPU is never read as this one's. Each stage logs one line of its hits and misses. A store
+is content-checked: a file whose sha256 is not the one recorded is found, reported and recomputed.
 
 What is stored: for K = 0 the final-normed hidden state of each text's last token at a depth (one full forward pass
 fills every depth at once, so `model@d` for every d costs one pass); for K > 0 the input of block depth - K at
@@ -19,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,8 +31,10 @@ from safetensors.torch import load_file, save_file
 
 import cli
 from data.common import cache_dir
+from llama import Llama, packed_trunk
 
 BATCH = 64  # texts of one length per forward pass of the bottom (1: bit-exact against --no-feature-cache, slower)
+TOKENS = 2048  # a Llama under bf16 autocast on CPU: tokens per packed forward pass (llama.packed_trunk)
 
 
 class Features:
@@ -118,9 +123,46 @@ def bottom(model, idx, k, every_depth=False):
     return depths
 
 
+def packed(model, device):
+    """The Llama under `model` when bottom_rows packs its texts (llama.packed_trunk): under bf16 autocast on CPU,
+    where its frozen weights are held in bf16 and the row count of each matmul decides the speed; else None."""
+    model = getattr(model, "model", model)  # _Truncated
+    bf16 = (device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return model if bf16 and isinstance(model, Llama) else None
+
+
+def packed_rows(model, llama, seqs, k, every_depth, bar):
+    """bottom_rows through llama.packed_trunk: texts sorted by length, packed up to TOKENS tokens a pass (a longer
+    text alone); a text's outputs then depend on its pack in the last bits only (tests/test_features.py)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    packs, tokens = [], TOKENS
+    for i in order:
+        if tokens + len(seqs[i]) > TOKENS:
+            packs.append([])
+            tokens = 0
+        packs[-1].append(i)
+        tokens += len(seqs[i])
+    n = model.config.n_layer
+    out = [[None] * len(seqs) for _ in range(n if every_depth else 1)]
+    for pack in packs:
+        got = packed_trunk(llama, [seqs[i] for i in pack], n - k, every_depth=every_depth)
+        if not k and not every_depth:
+            got = [llama.norm(h[-1]) for h in got]
+        for d, rows in enumerate(got if every_depth else [got]):
+            for j, i in enumerate(pack):
+                out[d][i] = rows[j]
+        if bar is not None:
+            bar.update(len(pack))
+    return out if every_depth else out[0]
+
+
 def bottom_rows(model, seqs, k, device, every_depth=False, bar=None):
     """bottom() of token rows of any lengths, rows of one length batched together; a list in the order of `seqs`
-    (with every_depth, one such list per depth)."""
+    (with every_depth, one such list per depth). A Llama under bf16 autocast on CPU packs them instead (packed)."""
+    llama = packed(model, device)
+    if llama is not None:
+        return packed_rows(model, llama, seqs, k, every_depth, bar)
     by_length = {}
     for i, s in enumerate(seqs):
         by_length.setdefault(len(s), []).append(i)
@@ -142,11 +184,27 @@ def bottom_rows(model, seqs, k, device, every_depth=False, bar=None):
 # ----------------------------------------------------------------------------------------------------------------
 # the store
 
+def cpu_kind():
+    """The kind of CPU the numbers depend on: vendor, torch's CPU capability and torch version, e.g. "GenuineIntel
+    AVX512 torch 2.13.0+cpu" (AMD EPYC and Intel Xeon, both AVX-512, give different fine-tuned numbers)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "unknown")
+    return f"{vendor} {torch.backends.cpu.get_cpu_capability()} torch {torch.__version__}"
+
+
+def hardware_kind(numerics):
+    """What besides the numerics the outputs depend on: the CPU kind on CPU, the GPU's name and torch on CUDA."""
+    if numerics.get("device") == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} torch {torch.__version__}"
+    return cpu_kind()
+
+
 def store_dir(identity, numerics, what):
-    """One directory per (model identity, numerics), one store in it per output: `what` is "final@<depth>" (K = 0)
-    or "block<j>" (K > 0, the input of block j)."""
-    key = hashlib.sha256(json.dumps([identity, numerics], sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "features" / key / what
+    """One directory per (model identity, numerics, hardware kind), one store in it per output: `what` is
+    "final@<depth>" (K = 0) or "block<j>" (K > 0, the input of block j)."""
+    key = json.dumps([identity, numerics, hardware_kind(numerics)], sort_keys=True)
+    return cache_dir() / "features" / hashlib.sha256(key.encode()).hexdigest()[:24] / what
 
 
 def text_key(ids):
@@ -191,9 +249,10 @@ def _locked(model_dir):
 
 
 def cached_rows(directory, keys, compute):
-    """[one tensor per key] from the store in `directory`, computing only the keys it lacks: compute(positions)
-    gets the positions in `keys` of the missing ones (a key repeated, e.g. a bootstrap resample, is asked once) and
-    returns their tensors in that order. The model's stores are locked meanwhile (--jobs workers take turns)."""
+    """([one tensor per key], texts read from the store, texts computed) from the store in `directory`, computing
+    only the keys it lacks: compute(positions) gets the positions in `keys` of the missing ones (a key repeated, e.g.
+    a bootstrap resample, is asked once and counted once) and returns their tensors in that order. The model's
+    stores are locked meanwhile (--jobs workers take turns)."""
     lock = _locked(directory.parent)
     try:
         store = _read_store(directory)
@@ -207,14 +266,19 @@ def cached_rows(directory, keys, compute):
             _write_store(directory, store)
     finally:
         lock.close()
-    return [store[key] for key in keys]
+    return [store[key] for key in keys], len(set(keys)) - len(missing), len(missing)
+
+
+def store_line(directory, hits, misses):
+    return f"store {directory.parent.name}/{directory.name}: {hits + misses} texts, {hits} hits, {misses} misses"
 
 
 @torch.no_grad()
-def cached_features(model, seqs, k, depth, identity, numerics, rt, quiet=False):
+def cached_features(model, seqs, k, depth, identity, numerics, rt, quiet=False, log=None):
     """Features of every token row in `seqs` for the top K blocks of `model` cut at `depth`, from the store,
     computing only what is missing. `model` is the whole pretrained model: a K = 0 miss fills every depth it has.
-    `identity` is the whole model's (rundir.model_identity), `numerics` the run's device and precision."""
+    `identity` is the whole model's (rundir.model_identity), `numerics` the run's device and precision; log(line)
+    gets the store's hits and misses."""
     directory = store_dir(identity, numerics, f"final@{depth}" if k == 0 else f"block{depth - k}")
     keys = [text_key(s) for s in seqs]
 
@@ -226,7 +290,9 @@ def cached_features(model, seqs, k, depth, identity, numerics, rt, quiet=False):
                 _write_store(other, _read_store(other) | {keys[i]: row for i, row in zip(missing, rows)})
         return computed[depth]
 
-    rows = cached_rows(directory, keys, compute)
+    rows, hits, misses = cached_rows(directory, keys, compute)
+    if log is not None:
+        log(store_line(directory, hits, misses))
     return [Features(row, len(s)) for row, s in zip(rows, seqs)]
 
 
@@ -289,7 +355,7 @@ def train_on_top(cfg, job, rt, model, max_len):
                  for split in PREDICTED}
         everything = job.train_x + job.val_x + [s for split in PREDICTED for s in texts[split]]
         rows = iter(cached_features(model, everything, k, depth, identity, job.inputs["numerics"], rt,
-                                    quiet=cfg.quiet or not rt.master))
+                                    quiet=cfg.quiet or not rt.master, log=rt.log))
         job.train_x = [next(rows) for _ in job.train_x]
         job.val_x = [next(rows) for _ in job.val_x]
         job.features = {split: [next(rows) for _ in texts[split]] for split in PREDICTED}

@@ -309,6 +309,82 @@ class Llama(DecoderLM):
         save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The frozen trunk at the speed of the hardware (features.py under bf16 autocast): the numerics of autocast over fp32
+# weights (residual stream, norms and RoPE in fp32, every matmul and attention in bf16), but with the weights held in
+# bf16 once instead of cast at every call, q/k/v and gate/up each one matmul, grouped-query attention without
+# repeated key/value heads, and texts of any lengths packed end to end so that each matmul has many rows.
+
+def frozen_weights(model, stop, dtype):
+    """Per block below `stop`: (qkv weight, qkv bias or None, o_proj weight and bias, gate|up weight, down weight)
+    in `dtype`, cached on the model and rebuilt when any of its parameters changes (in-place updates bump their
+    _version) or is replaced."""
+    params = [p for block in model.blocks[:stop] for p in block.parameters()]
+    key = (dtype, stop, tuple(p.data_ptr() for p in params), tuple(p._version for p in params))
+    cached = model.__dict__.get("_frozen")
+    if cached is None or cached[0] != key:
+        def cat(*layers):
+            return None if layers[0].bias is None else torch.cat([m.bias for m in layers]).to(dtype)
+        weights = []
+        for b in model.blocks[:stop]:
+            a, m = b.attn, b.mlp
+            weights.append((torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).to(dtype),
+                            cat(a.q_proj, a.k_proj, a.v_proj), a.o_proj.weight.to(dtype),
+                            None if a.o_proj.bias is None else a.o_proj.bias.to(dtype),
+                            torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dtype), m.down_proj.weight.to(dtype)))
+        model.__dict__["_frozen"] = cached = (key, weights)  # not a submodule or buffer: never saved or moved
+    return cached[1]
+
+
+@torch.no_grad()
+def packed_trunk(model, seqs, stop, dtype=torch.bfloat16, every_depth=False):
+    """The first `stop` blocks of `model` over token rows `seqs` (of any lengths, best sorted by length) packed into
+    one (tokens, n_embd) row: each text attends to itself only, at its own positions. Returns per text the input of
+    block `stop` at every token (L_i, n_embd); with every_depth, per depth 1..stop the final-normed hidden state of
+    each text's last token (n_embd,). Float32 out, as under autocast."""
+    c, weights = model.config, frozen_weights(model, stop, dtype)
+    lengths = [len(s) for s in seqs]
+    device = model.embed.weight.device
+    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=device)
+    pos = torch.cat([torch.arange(n) for n in lengths]).to(device)
+    cos, sin = (r[0].transpose(0, 1) for r in rotary(model.inv_freq, pos[None], torch.float32))  # (T, 1, hd)
+    runs, start = [], 0  # texts of one length next to each other share one attention call
+    for n in lengths:
+        if runs and runs[-1][2] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([start, 1, n])
+        start += n
+    last = torch.tensor(lengths, device=device).cumsum(0) - 1
+    x, depths = model.embed(ids), []
+    for i in range(stop):
+        x = _packed_block(model.blocks[i], weights[i], c, x, cos, sin, runs, dtype)
+        if every_depth:
+            depths.append(model.norm(x[last]))
+    if every_depth:
+        return [list(d) for d in depths]
+    return list(x.split(lengths))
+
+
+def _packed_block(block, w, c, x, cos, sin, runs, dtype):
+    qkv_w, qkv_b, o_w, o_b, gate_up_w, down_w = w
+    T, nq, nkv, hd = x.shape[0], c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.head_dim
+    qkv = F.linear(block.attn_norm(x).to(dtype), qkv_w, qkv_b)
+    qk, v = qkv[:, :nq + nkv].view(T, c.n_head + c.n_kv_head, hd), qkv[:, nq + nkv:].view(T, c.n_kv_head, hd)
+    if hasattr(block.attn, "q_norm"):  # on the bf16 projections, as under autocast
+        qk = torch.cat([block.attn.q_norm(qk[:, :c.n_head]), block.attn.k_norm(qk[:, c.n_head:])], dim=1)
+    q, k = apply_rotary(qk.float(), cos, sin).to(dtype).split([c.n_head, c.n_kv_head], dim=1)  # q and k at once
+    y = torch.empty(T, nq, dtype=dtype, device=x.device)
+    for start, count, n in runs:
+        span = slice(start, start + count * n)
+        q_, k_, v_ = (t[span].view(count, n, -1, hd).transpose(1, 2) for t in (q, k, v))
+        y_ = F.scaled_dot_product_attention(q_, k_, v_, is_causal=True, enable_gqa=True)
+        y[span] = y_.transpose(1, 2).reshape(count * n, nq)
+    x = x + F.linear(y, o_w, o_b)
+    gate, up = F.linear(block.mlp_norm(x).to(dtype), gate_up_w).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, down_w)
+
+
 def from_hf_state(hf_config, state, n_classes=0, source="checkpoint", config_file=None):
     """A Llama from a config.json-like dict and transformers-named tensors (what a Hub checkpoint or the GGUF reader
     gives), loaded strictly: a missing, unexpected or misshapen tensor is a CheckpointError naming `source`. A

@@ -253,8 +253,9 @@ def label_probs(model, tok, rows, task_name, shots=None, rt=None, batch_size=16,
     else:
         words = [t for ids in label_ids for t in [*ids, -1]]  # -1: no token id, so the key's parts cannot run together
         keys = [features.text_key([*p, -1, *words]) for p in prompts]
-        rows = features.cached_rows(store, keys, lambda missing: [row.clone() for row in torch.from_numpy(
+        rows, hits, misses = features.cached_rows(store, keys, lambda missing: [row.clone() for row in torch.from_numpy(
             label_log_probs(model, [prompts[i] for i in missing], label_ids, tok.pad_token, rt, batch_size, quiet))])
+        print(features.store_line(store, hits, misses), flush=True)
         scores = torch.stack(rows).numpy()
     return torch.softmax(torch.from_numpy(scores), -1).numpy()
 

@@ -154,7 +154,8 @@ def test_llama_family_rows_run_on_tiny_shapes_and_both_sides_compute_the_same(sh
     assert set(checks) == set(bench.FAMILIES["llama"]) and all(r["ok"] for r in checks.values()), checks
     assert checks["llama-generate"]["value"] == 1.0 and checks["trunk"]["value"] <= 1e-5 and res["checks_ok"]
     timings = [r for r in rows if r["kind"] == "timing"]
-    assert [r["section"] for r in timings].count("trunk") == 8  # 2 precisions x 3 rows, and 2 bf16-vs-fp32 rows
+    # 2 precisions x 3 rows, packed vs per-length bf16, and 2 bf16-vs-fp32 rows
+    assert [r["section"] for r in timings].count("trunk") == 9
     for r in timings:
         for key in ("ours", "ref", "speedup"):
             s = r[key]
@@ -164,6 +165,10 @@ def test_llama_family_rows_run_on_tiny_shapes_and_both_sides_compute_the_same(sh
     assert "8 safety rows" in trunk["measure"] and "random:smollm2-135m@2" in trunk["measure"]
     bf16 = next(r for r in rows if r["section"] == "trunk" and r["kind"] == "value")
     assert 0 < bf16["ours"] < 0.1 and 0 < bf16["ref"] < 0.1  # bf16 moves the features, but not far
+    packed = next(r for r in rows if r["measure"].startswith("bf16: features max |packed"))
+    assert 0 <= packed["ours"] <= 1e-3  # packed bf16 weights: autocast's numbers to rounding
+    shares = [v for r in rows if "matmul rate" in r["measure"] for v in (r["ours"], r["ref"])]
+    assert len(shares) == 4 and all(0 < v < 2 for v in shares)
 
 
 def test_a_perturbed_reference_weight_fails_every_llama_parity_check(shared_data, smollm2_gguf, monkeypatch, capsys):

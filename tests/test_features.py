@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import features
+import llama
 from batching import collate
 from llama import Llama, LlamaConfig
 from model import GPT, CheckpointError, GPTConfig
@@ -118,3 +119,86 @@ def test_top_blocks_train_only_the_top_and_equal_the_full_model_on_cached_featur
     top2 = features.TopBlocks(model, 2)
     assert {id(p) for p in top2.parameters()} == {id(p) for m in [*model.blocks[2:], model.norm, model.score]
                                                   for p in m.parameters()}
+
+
+def test_a_store_written_on_another_cpu_kind_is_not_read_and_hits_and_misses_are_logged(monkeypatch, tmp_path):
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path))
+    seqs, identity, lines = texts(), {"random": "test-cpu-kind"}, []
+    n = len(set(map(tuple, seqs)))
+    computed = []
+    compute = features._compute
+    monkeypatch.setattr(features, "_compute", lambda m, s, *a: computed.append(len(s)) or compute(m, s, *a))
+
+    def run(kind, rows):
+        monkeypatch.setattr(features, "cpu_kind", lambda: kind)
+        return features.cached_features(tiny_gpt(), rows, 0, 3, identity, NUMERICS, CPU, quiet=True, log=lines.append)
+    run("GenuineIntel AVX512 torch 2.13.0+cpu", seqs + seqs[:3])  # a repeated text is one miss
+    here = run("AuthenticAMD AVX512 torch 2.13.0+cpu", seqs)  # the Intel store is not this one's
+    assert computed == [n, n]
+    again = run("AuthenticAMD AVX512 torch 2.13.0+cpu", seqs + texts(4, seed=9))
+    assert computed == [n, n, 4] and all(torch.equal(a.x, b.x) for a, b in zip(here, again))
+    assert [line.split(": ", 1)[1] for line in lines] == [f"{n} texts, 0 hits, {n} misses"] * 2 + [
+        f"{n + 4} texts, {n} hits, 4 misses"]
+    assert lines[0].split(":")[0] != lines[1].split(":")[0] == lines[2].split(":")[0]  # another directory
+    assert features.hardware_kind(NUMERICS) == "AuthenticAMD AVX512 torch 2.13.0+cpu"
+
+
+def tiny_qwen(seed=0):  # biases on q, k, v and RMSNorm of each head's q and k: the packed trunk's other branches
+    torch.manual_seed(seed)
+    return Llama(LlamaConfig(vocab_size=257, block_size=64, n_layer=4, n_head=4, n_kv_head=2, n_embd=32,
+                             intermediate_size=48, attention_bias=True, qk_norm=True, n_classes=2)).eval()
+
+
+BF16 = SimpleNamespace(device=torch.device("cpu"), autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("build", [tiny_llama, tiny_qwen])
+def test_packed_bf16_trunk_equals_autocast_over_fp32_weights_text_by_text(build, monkeypatch):
+    model, seqs = build(), texts() * 2
+    with BF16.autocast:
+        assert features.packed(model, CPU.device) is model
+        packed = {k: features.bottom_rows(model, seqs, k, CPU.device, every_depth=not k) for k in (0, 2)}
+        monkeypatch.setattr(features, "packed", lambda *a: None)  # the per-length path, autocast at every call
+        expect = {k: features.bottom_rows(model, seqs, k, CPU.device, every_depth=not k) for k in (0, 2)}
+    pairs = [(a, b) for d in range(4) for a, b in zip(packed[0][d], expect[0][d])] + list(zip(packed[2], expect[2]))
+    assert all(a.dtype == torch.float32 and a.shape == b.shape for a, b in pairs)
+    scale = max(b.abs().max().item() for _, b in pairs)
+    assert max((a - b).abs().max().item() for a, b in pairs) <= 1e-3 * scale  # bf16 itself moves them ~1e-2
+    assert features.packed(model, CPU.device) is None  # fp32: the per-length path, numbers as before
+
+
+@torch.no_grad()
+def test_a_packed_texts_features_depend_on_its_pack_only_in_the_last_bits_and_not_at_all_alone(monkeypatch):
+    model, seqs = tiny_llama(), texts() * 2
+    with BF16.autocast:
+        together = features.bottom_rows(model, seqs, 2, CPU.device)
+        monkeypatch.setattr(features, "TOKENS", 1)  # every text a pack of its own
+        alone = features.bottom_rows(model, seqs, 2, CPU.device)
+        reversed_ = features.bottom_rows(model, seqs[::-1], 2, CPU.device)[::-1]
+    assert max((a - b).abs().max().item() for a, b in zip(together, alone)) <= 1e-3 * max(a.abs().max() for a in alone)
+    assert all(torch.equal(a, b) for a, b in zip(alone, reversed_))
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_bf16_top_blocks_on_stored_packed_features_equal_the_bottom_run_at_every_step(k, monkeypatch, tmp_path):
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path))
+    monkeypatch.setattr(features, "TOKENS", 1)
+    model, seqs = tiny_llama(), texts(8)
+    idx, mask = collate(seqs, 0, CPU.device)
+    feats = features.cached_features(model, seqs, k, 4, {"random": "bf16"}, {"device": "cpu", "dtype": "bf16"},
+                                     BF16, quiet=True)
+    x, m = features.collate_features(feats, CPU.device)
+    with BF16.autocast:
+        assert torch.equal(features.TopBlocks(model, k)(x, m),
+                           features.TopBlocks(model, k, bottom_every_step=True)(idx, mask))
+
+
+@torch.no_grad()
+def test_the_frozen_bf16_weights_are_cast_once_and_again_when_a_weight_changes():
+    model = tiny_llama()
+    first = llama.frozen_weights(model, 4, torch.bfloat16)
+    assert llama.frozen_weights(model, 4, torch.bfloat16) is first
+    model.blocks[1].mlp.up_proj.weight.mul_(2)
+    again = llama.frozen_weights(model, 4, torch.bfloat16)
+    assert again is not first and torch.equal(again[1][4][48:], (model.blocks[1].mlp.up_proj.weight).bfloat16())

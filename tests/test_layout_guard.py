@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 import w2s
 from helpers import without_paths
+from features import cpu_kind  # the key the numbers are recorded under
 
 GOLDEN = Path(__file__).with_name("golden_layout.json")
 # the demo as the README runs it, one seed: toy-s supervises toy-l (their pretraining is shared with test_demo.py)
@@ -27,14 +27,6 @@ DEMO = ["--seeds", "0", "--quiet"]
 # and the learned mix), on 100 rows and one epoch so it takes seconds
 SWEEP = ["--sizes", "toy-xs,toy-s,toy-l", "--chain", "toy-s", "--students", "all", "--ensemble", "2", "--limit",
          "100", "--epochs", "1", "--n-boot", "50", "--quiet"]
-
-
-def cpu_kind():
-    """The key the numbers are recorded under: e.g. "GenuineIntel AVX512 torch 2.13.0+cpu"."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "unknown")
-    return f"{vendor} {torch.backends.cpu.get_cpu_capability()} torch {torch.__version__}"
 
 
 def without_identities(x):

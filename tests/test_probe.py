@@ -313,7 +313,8 @@ def test_probe_sgd_reproduces_the_numbers_before_fitted_probes(shared_data, tmp_
     (main at a576ce9, without --probe), per CPU kind as tests/test_layout_guard.py keys them; on an unrecorded CPU
     kind the test skips (record one by running sgd_experiment at a576ce9: helpers.without_paths of its results)."""
     from helpers import without_paths
-    from test_layout_guard import cpu_kind, without_identities
+    from features import cpu_kind
+    from test_layout_guard import without_identities
     recorded, kind = json.loads(SGD_GOLDEN.read_text()), cpu_kind()
     if kind not in recorded:
         pytest.skip(f"no --probe sgd numbers recorded for this CPU kind ({kind})")
