@@ -177,7 +177,7 @@ def test_bad_lora_settings_are_refused_before_any_work(flags, match):
 def test_w2s_refuses_lora_with_probed_supervisors_and_a_rank_is_part_of_the_experiment():
     with pytest.raises(UserError, match="--weak-train-layers: --lora-rank"):
         w2s.parse_args(["--lora-rank", "4", "--weak-train-layers", "0"])
-    task = types.SimpleNamespace(kind="classification", files=[])
+    task = types.SimpleNamespace(kind="classification", files=[], source=None)
     models = {"weak": {"identity": {}}, "strong": {"identity": {}}}
     records = [w2s.experiment_record(*w2s.parse_args(["--lora-rank", r]), task, "", models)["train"] for r in "48"]
     assert records[0]["lora_rank"] == 4 and records[1]["lora_rank"] == 8 and records[0] != records[1]
