@@ -34,7 +34,7 @@ def timed_fit(x, targets, ids, cfg):
     rows = probe.Rows.of(x)
     parts["standardize + rotate"] = time.perf_counter() - start
     t0 = time.perf_counter()
-    penalty, _, cv_loss, _ = probe.choose_penalty(rows, targets, probe.folds_of(ids, cfg.probe_folds))
+    penalty, cv_loss, _ = probe.choose_penalty(rows, targets, probe.folds_of(ids, cfg.probe_folds))
     parts["cross-validated path"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     params, iterations, grad = probe.solve(rows, targets, penalty)

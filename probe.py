@@ -12,8 +12,8 @@ the optimizer's luck. Every stage is fitted the same way:
      label reaches a student's fit or its penalty): each fold's path runs from the largest penalty down, warm-started,
      and is scored by the held-out cross entropy against t; folds are dealt by a hash of the row ids, so a bootstrap
      member's copies of one row share a fold; the lowest mean held-out loss wins (ties: the larger penalty), the path
-     stopping once PATIENCE penalties in a row score worse than the best (and going on upward, EXTEND penalties at
-     most, where the largest wins), and the fit is redone from zero on every training row;
+     stopping once PATIENCE penalties in a row score worse than the best, and the fit is redone from zero on every
+     training row;
   4. a student's method (METHODS) then fits at that penalty, starting from step 3's head;
   5. the standardization is folded into the head (W / std, b - W mean / std): prediction needs nothing else.
 No random number is drawn, so the head does not depend on the seed's draw; the run's record holds the path with its
@@ -39,7 +39,6 @@ of a convex objective, and which one is found depends on the path (stated above)
 ROUNDS refits is reported, and the last head is kept.
 """
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +49,6 @@ from losses import aux_coef, logconf_threshold
 PENALTIES = tuple(float(p) for p in np.logspace(1, -4, 10))  # largest first: each fold's path is warm-started
 FOLDS = 5
 PATIENCE = 2        # the penalty path stops after this many penalties in a row worse than the best (choose_penalty)
-EXTEND = 6          # penalties above PENALTIES[0] the path may go on to where the largest wins (up to about 2e4)
 TOL = 1e-6          # the Euclidean norm of the (mean) objective's gradient at most this
 MAX_ITER = 2000     # L-BFGS iterations of one solve
 HISTORY = 20        # L-BFGS pairs kept
@@ -206,48 +204,28 @@ def folds_of(ids, k):
     return np.array([fold_of[i] for i in ids])
 
 
-def choose_penalty(rows, t, folds, penalties=PENALTIES, patience=PATIENCE, extend=EXTEND):
+def choose_penalty(rows, t, folds, penalties=PENALTIES, patience=PATIENCE):
     """k-fold cross-validation over `penalties`, every fold's path warm-started and the folds in step: (the penalty
-    with the lowest mean held-out cross entropy, ties to the larger; the penalties visited, in path order; the mean
-    held-out loss of each; each fold's). The path stops once `patience` penalties in a row have scored worse than the
-    best so far (None: the whole path); the smallest penalties cost most iterations and, past the best, are never
-    chosen where the mean held-out loss rises monotonically from its minimum, as it does in every fit we have looked
-    at. Where the largest penalty wins, the path goes on upward by the same ratio, `extend` penalties at most, warm-
-    started from the largest's heads (near-chance tasks want a head near zero: cosmos_qa and anthropic_hh did)."""
+    with the lowest mean held-out cross entropy, ties to the larger; the mean held-out loss of each penalty visited;
+    each fold's). The path stops once `patience` penalties in a row have scored worse than the best so far (None: the
+    whole path); the smallest penalties cost most iterations and, past the best, are never chosen where the mean
+    held-out loss rises monotonically from its minimum, as it does in every fit we have looked at."""
     splits = []
     for f in range(folds.max() + 1):
         train, held = torch.from_numpy(folds != f), torch.from_numpy(folds == f)
         splits.append((rows.subset(train), t[train], rows.subset(held), t[held]))
-    visited, mean, per_fold, top = _walk(splits, penalties, [None] * len(splits), patience)
-    best = min(range(len(mean)), key=lambda i: (mean[i], -visited[i]))
-    if best == 0 and extend and len(penalties) > 1:
-        ratio = penalties[0] / penalties[1]
-        upward = [penalties[0] * ratio ** j for j in range(1, extend + 1)]
-        more, more_mean, more_fold, _ = _walk(splits, upward, top, patience, best=mean[0])
-        visited, mean, per_fold = more[::-1] + visited, more_mean[::-1] + mean, more_fold[::-1] + per_fold
-        best = min(range(len(mean)), key=lambda i: (mean[i], -visited[i]))
-    return visited[best], visited, mean, [list(fold) for fold in zip(*per_fold)]
-
-
-def _walk(splits, penalties, params, patience, best=float("inf")):
-    """One warm-started path over `penalties` for every fold, stopping `patience` penalties past the best (which
-    starts at `best`): (the penalties visited, their mean held-out losses, each fold's losses, the heads at the first
-    penalty)."""
-    params, mean, per_fold, first = list(params), [], [], None
-    worse = 0
+    params, mean, per_fold = [None] * len(splits), [], []
     for penalty in penalties:
         losses = []
         for k, (train_rows, train_t, held_rows, held_t) in enumerate(splits):
             params[k] = solve(train_rows, train_t, penalty, params[k])[0]
             losses.append(cross_entropy(params[k], held_rows, held_t))
-        first = first or list(params)
         per_fold.append(losses)
         mean.append(float(np.mean(losses)))
-        worse = 0 if mean[-1] < best else worse + 1
-        best = min(best, mean[-1])
-        if patience is not None and worse >= patience:
+        best = min(range(len(mean)), key=lambda i: (mean[i], -penalties[i]))
+        if patience is not None and len(mean) - 1 - best >= patience:
             break
-    return list(penalties[:len(mean)]), mean, per_fold, first
+    return penalties[best], mean, [list(fold) for fold in zip(*per_fold)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,11 +339,10 @@ def fit_head(x, targets, ids, cfg):
     rows = Rows.of(x)
     targets = torch.as_tensor(np.asarray(targets), dtype=torch.float64)
     t = targets.mean(1) if cfg.learned else targets  # the penalty is chosen on the uniform mix (the soft vote)
-    penalty, visited, cv_loss, _ = choose_penalty(rows, t, folds_of(ids, cfg.probe_folds))
+    penalty, cv_loss, _ = choose_penalty(rows, t, folds_of(ids, cfg.probe_folds))
     start, refit_iterations, _ = solve(rows, t, penalty)
-    path_ends = (PENALTIES[0] * (PENALTIES[0] / PENALTIES[1]) ** EXTEND, PENALTIES[-1])
-    record = {"penalties": visited, "cv_loss": cv_loss, "penalty": penalty, "folds": cfg.probe_folds,
-              "patience": PATIENCE, "at_path_end": any(math.isclose(penalty, end) for end in path_ends), "tol": TOL,
+    record = {"penalties": list(PENALTIES), "cv_loss": cv_loss, "penalty": penalty, "folds": cfg.probe_folds,
+              "patience": PATIENCE, "at_path_end": penalty in (PENALTIES[0], PENALTIES[-1]), "tol": TOL,
               "refit_iterations": refit_iterations}
     if cfg.learned:
         params, fit = fit_learned(rows, targets, penalty, start)
@@ -406,7 +383,7 @@ def fit_stage(cfg, job, rt, top):
                                    val_targets)
     logits = stage_features(top, job.val_x, rt) @ weight.T + bias
     val_loss = float(-(val_targets * torch.log_softmax(logits, 1)).sum(1).mean())
-    rt.log(f"fitted probe ({record['method']}): penalty {record['penalty']:.3g} of {len(record['penalties'])} by "
+    rt.log(f"fitted probe ({record['method']}): penalty {record['penalty']:.3g} of {len(PENALTIES)} by "
            f"{record['folds']}-fold cross-validation, {record['refit_iterations']} + {record['iterations']} iterations "
            f"(refit, method), gradient norm "
            f"{record['grad']:.2e}, val loss {val_loss:.4f}")
@@ -416,7 +393,7 @@ def fit_stage(cfg, job, rt, top):
               "its record says so (metrics.json: probe.converged false)", flush=True)
     if record["at_path_end"]:
         print(f"[{rt.name}] note: the fitted probe's penalty {record['penalty']:g} is at the end of the path "
-              f"{max(record['penalties']):g}..{PENALTIES[-1]:g}", flush=True)
+              f"{PENALTIES[0]:g}..{PENALTIES[-1]:g}", flush=True)
     stats = {"best_step": record["iterations"], "best_val_loss": val_loss, "select": "fit",
              "steps": record["iterations"], "train_examples": len(job.train_x), "padding_fraction": 0.0,
              "probe": record}
