@@ -2,7 +2,8 @@
 TSV `index question text answer` (answer Relevant / Irrelevant). The pool is LegalBench's test split
 (10,923 rows, the one the paper uses) plus the 8-row train split when it is there. Read from
 data_dir/legal/test.tsv (+ train.tsv), else the test file of the Hub dataset nguha/legalbench. Where neither can be
-had, the same task built from PolicyQA in data_dir/legal/policyqa/ (data/policyqa.py); one line says which was read,
+had, the same task built from PolicyQA in data_dir/legal/policyqa/, or where the network allows from PolicyQA's
+repository at a fixed commit, sha256-checked (data/policyqa.py); one line says which was read,
 and the run records it (Task.source), so runs on the two are never taken for one another."""
 import cli
 import hub
@@ -25,20 +26,26 @@ def build_text(question, clause):
 
 
 def read(name, data_dir):
-    """LegalBench where its test split can be had, else PolicyQA from data_dir, else one line naming both."""
+    """LegalBench where its test split can be had, else PolicyQA from data_dir or its repository, else one line naming
+    what to pass."""
     import data.policyqa as policyqa  # here: it builds its rows with this module's build_text
     test = local_file(data_dir, "legal", "test.tsv")
     if test is None:
         try:
             test = hub_test_file(data_dir)
         except (hub.OfflineError, DataError) as e:
-            if policyqa.folder(data_dir) is None:
-                raise type(e)(f"{e} Or give PolicyQA's dev.json and test.json in DIR/legal/policyqa/ (the same task on "
-                              "OPP-115's privacy policies; data/policyqa.py).") from None
-            source = policyqa.read(name, data_dir)
+            where = policyqa.folder(data_dir)
+            if where is None:
+                try:  # PolicyQA from its public repository, where the network allows
+                    where = policyqa.fetched(data_dir)
+                except (hub.OfflineError, DataError) as fetch_error:
+                    kind = DataError if isinstance(e, DataError) or isinstance(fetch_error, DataError) else type(e)
+                    raise kind(f"{e} Or give PolicyQA's dev.json and test.json in DIR/legal/policyqa/ (the same task "
+                           f"on OPP-115's privacy policies; data/policyqa.py): {fetch_error}") from None
+            source = policyqa.read(name, data_dir, where)
             why = "the Hub cannot be reached" if isinstance(e, hub.OfflineError) else "the Hub has no test TSV"
             info = source["source"]
-            cli.note_once(f"legal: using PolicyQA from {policyqa.folder(data_dir)} ({info['rows']:,} rows, "
+            cli.note_once(f"legal: using PolicyQA from {where} ({info['rows']:,} rows, "
                           f"{info['policies']} policies): LegalBench's privacy_policy_qa test split is not in "
                           f"{data_dir}/legal/test.tsv and {why}")
             return source

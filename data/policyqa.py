@@ -21,13 +21,18 @@ import hashlib
 import json
 from pathlib import Path
 
-from data.common import DataError, file_record, not_utf8, warn_dropped
+from data.common import DataError, cache_dir, fetch_url, file_record, not_utf8, warn_dropped
 from data.legal import LABEL_NAMES, build_text
 
 FOLDER = Path("legal") / "policyqa"
 REQUIRED = ("dev.json", "test.json")
 OPTIONAL = ("train.json",)  # PolicyQA's train split, absent from the public snapshot here
 BAND = 5  # policies per size band
+# where the network allows, the same files from PolicyQA's public repository at a fixed commit, checked by sha256
+COMMIT = "775538bc6d932e9d0dd16975d4373659cf8964fe"
+URL = "https://raw.githubusercontent.com/wasiahmad/PolicyQA/{commit}/data/{name}"
+SHA256 = {"dev.json": "5ced8cbe6617c132999a57b3ab910fc242501357fc99cbc5a1802f0a1b9ce4bf",
+          "test.json": "92929068b7dffa1843f81d661f23da86a64f4a35ffae59fa8d78878277ab9a7f"}
 
 
 def folder(data_dir):
@@ -36,8 +41,18 @@ def folder(data_dir):
     return path if path is not None and path.is_dir() else None
 
 
-def read(name, data_dir):
-    where = folder(data_dir)
+def fetched(data_dir):
+    """PolicyQA's dev.json and test.json downloaded once from its repository (URL at COMMIT) into the w2s cache, each
+    refused unless its sha256 is SHA256's; the cache folder. Offline: hub.OfflineError naming the local layout."""
+    for name in REQUIRED:
+        fetch_url(URL.format(commit=COMMIT, name=name), SHA256[name], str(FOLDER / name),
+                  instead=f"--data-dir DIR with DIR/{FOLDER / name}" + (f" (not under {data_dir})" if data_dir else ""))
+    return cache_dir() / FOLDER
+
+
+def read(name, data_dir, where=None):
+    """The rows of the PolicyQA files in `where` (default: data_dir/legal/policyqa)."""
+    where = where or folder(data_dir)
     if where is None:
         raise DataError(f"{Path(data_dir or '.') / FOLDER}: folder not found (PolicyQA's dev.json and test.json).")
     missing = [f for f in REQUIRED if not (where / f).is_file()]

@@ -126,6 +126,38 @@ def test_legal_prefers_legalbench_when_its_test_split_is_local_and_records_which
     assert "source policyqa -> legalbench" in rundir.diff(*ids)
 
 
+def test_without_a_local_copy_policyqa_is_fetched_by_url_and_sha256_and_a_wrong_file_is_refused(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """The Hub refused and no DIR/legal/policyqa: the files come from URL (here file:// URLs of files this test
+    wrote), are cached, and give the rows a local copy gives; bytes with another sha256 are refused in one line."""
+    import hashlib
+    import data.common as common
+    import hub
+    source = tmp_path / "source"
+    write_policyqa(source, many_policies())
+    local = load_task("legal", source)
+    capsys.readouterr()
+    served = source / "legal" / "policyqa"
+    monkeypatch.setattr(policyqa, "URL", served.as_uri() + "/{name}")  # str.format ignores the unused commit
+    monkeypatch.setattr(policyqa, "SHA256", {n: hashlib.sha256((served / n).read_bytes()).hexdigest()
+                                            for n in policyqa.REQUIRED})
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path / "cache"))
+    def refused(*args, **kwargs):
+        raise hub.OfflineError("the Hub cannot be reached (test).")
+    monkeypatch.setattr("data.legal.hub_test_file", refused)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fetched = load_task("legal", empty)
+    assert capsys.readouterr().out.startswith(f"legal: using PolicyQA from {tmp_path / 'cache' / 'legal' / 'policyqa'}")
+    assert [ex["id"] for ex in fetched.splits["test"]] == [ex["id"] for ex in local.splits["test"]]
+    assert fetched.summary()["files"][0]["sha256"] == local.summary()["files"][0]["sha256"]
+    shutil.rmtree(tmp_path / "cache")
+    monkeypatch.setitem(policyqa.SHA256, "dev.json", "0" * 64)
+    with pytest.raises(DataError, match="dev.json downloaded with sha256 .* expected 0{64}: refused") as e:
+        load_task("legal", empty)
+    assert "\n" not in str(e.value) and not (tmp_path / "cache" / "legal" / "policyqa" / "dev.json").exists()
+
+
 def test_real_policyqa_rows_are_balanced_unique_by_policy_and_never_pair_a_question_with_its_answer(shared_data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
