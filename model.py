@@ -16,9 +16,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
-import hub
-from cli import UserError
-from decode import decode, sample
+from core import hub
+from core.cli import UserError
+from models.decode import decode, sample
 
 
 class CheckpointError(UserError, ValueError):

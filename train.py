@@ -17,8 +17,9 @@ metrics.json last: it records the sha256 of every file written and of everything
 data, supervisor labels), so a rerun skips the run only when all of them still match.
 """
 # This file reads top to bottom as a run goes: run() -> run_one() -> train_and_save() -> train_loop() and its helpers
-# -> finish(). Around it: the settings and their checks in config.py, the device, precision and DDP in runtime.py,
-# what a run trains on in job.py, the optimizer and schedule in optim.py, predictions and the val loss in predict.py.
+# -> finish(). Around it, in run/: the settings and their checks (config.py), the device, precision and DDP
+# (runtime.py), what a run trains on (job.py), the optimizer and schedule (optim.py), predictions, logconf's batch
+# threshold and the val loss (predict.py), a fitted probe's stage (probe_stage.py).
 import contextlib
 import dataclasses
 import math
@@ -30,28 +31,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checkpoints
-import cli
-import config
-import ensemble
-import features
-import labels
-import lora
-import probe
-import rundir
-import tracking
-from batching import bucketed_batches, collate, lm_targets
-from cli import UserError
-from config import TrainConfig, check_config, comparable, default_out, run_seed
-from generation import supervisor_predictions
-from job import prepare
-from losses import LOSSES, aux_coef, logconf_threshold
-from metrics import metrics
-from optim import make_optimizer, optimizer_step
-from predict import evaluate_loss, predict_splits
-from runtime import broadcast_float, cpu_threads, setup_runtime, wrap_model
-from students import lm_warm_start, selective_targets
-
+from core import cli
+from core.cli import UserError
+from methods import labels
+from methods.losses import LOSSES, aux_coef
+from models import checkpoints, lora
+from run import config, ensemble, features, probe_stage, rundir, tracking
+from run.batching import bucketed_batches, collate, lm_targets
+from run.config import TrainConfig, check_config, comparable, default_out, run_seed
+from run.generation import supervisor_predictions
+from run.job import prepare
+from run.optim import make_optimizer, optimizer_step
+from run import predict
+from run.predict import evaluate_loss, predict_splits
+from run.runtime import broadcast_float, cpu_threads, setup_runtime, wrap_model
+from run.students import lm_warm_start, selective_targets
+from scoring.metrics import metrics
 
 # ----------------------------------------------------------------------------------------------------------------
 # one run
@@ -65,8 +60,6 @@ def run(cfg: TrainConfig, force=False):
         if cfg.ensemble > 1:
             return ensemble.run_ensemble(cfg, run)
         return run_one(cfg, force)
-
-
 
 
 def run_one(cfg, force=False):
@@ -104,7 +97,7 @@ def run_one(cfg, force=False):
 
 def train_and_save(cfg, job, rt, out):
     torch.manual_seed(run_seed(cfg))
-    # the whole model is loaded: its store holds every depth (features.py); a language model trains its top in place
+    # the whole model is loaded: its store holds every depth (run/features.py); a language model trains its top in place
     on_top = cfg.train_layers != "all" and not job.generation
     model = checkpoints.load(job.model_source, job.n_classes, None if on_top else job.depth)
     if job.generation and cfg.train_layers != "all":
@@ -141,11 +134,8 @@ def train_and_save(cfg, job, rt, out):
         extra["genft_final_loss"] = lm_warm_start(model, [r["text"] for r in job.train_rows], cfg, rt, job.tok, max_len)
         rt.log(f"generative fine-tuning on {len(job.train_rows)} unlabeled texts: final LM loss "
                f"{extra['genft_final_loss']}")
-    stats = (probe.fit_stage(cfg, job, rt, model) if fitted else train_loop(cfg, job, rt, model)) | extra
-    if rt.master:
-        result = finish(cfg, job, rt, model, stats, out, max_len, t0)
-    else:
-        result = None
+    stats = (probe_stage.fit_stage(cfg, job, rt, model) if fitted else train_loop(cfg, job, rt, model)) | extra
+    result = finish(cfg, job, rt, model, stats, out, max_len, t0) if rt.master else None
     if rt.ddp:
         torch.distributed.barrier()
     return result
@@ -181,28 +171,6 @@ def step_loss(cfg, job, rt, model, batch_rows, batch_targets, step, total_steps,
         logits = model(idx, mask)
     loss = LOSSES[cfg.loss](logits.float(), y, **loss_kwargs(cfg, step, total_steps, threshold))
     return loss, sum(len(s) for s in batch_rows)
-
-
-@torch.no_grad()
-def batch_threshold(cfg, job, rt, model, batch):
-    """logconf's hardening threshold over the whole optimizer batch, every micro-batch and every rank: one no-grad
-    forward pass over this rank's rows, gathered from all ranks. Only needed when the batch is split (one piece:
-    the loss takes it from its own rows, the same number)."""
-    rows = batch[rt.rank::rt.world]
-    idx, mask = job.collate([job.train_x[i] for i in rows], rt.device)
-    with rt.autocast:
-        probs = torch.softmax(model.classify(idx, mask).float(), -1)
-    targets = torch.tensor(np.stack([job.train_targets[i] for i in rows]), dtype=torch.float32, device=rt.device)
-    if rt.ddp:  # ranks hold uneven shares: pad to the largest with NaN rows, gather, drop them
-        size = math.ceil(len(batch) / rt.world)
-        both = torch.full((size, 4), float("nan"), device=rt.device)
-        both[:len(rows)] = torch.cat([probs, targets], 1)
-        gathered = [torch.empty_like(both) for _ in range(rt.world)]
-        torch.distributed.all_gather(gathered, both)
-        both = torch.cat(gathered)
-        both = both[~both.isnan().any(1)]
-        probs, targets = both[:, :2], both[:, 2:]
-    return logconf_threshold(probs, targets)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -288,7 +256,7 @@ def accumulate_gradients(cfg, job, rt, model, raw_model, batch, lengths, state, 
     summed as one batch would give them. `only` (N,) bool: the rows that count; the others get zero weight, the loss
     still divided by the whole batch. Returns the last micro-batch's loss (logged at intervals)."""
     split = cfg.grad_accum > 1 or rt.ddp
-    threshold = batch_threshold(cfg, job, rt, raw_model, batch) if cfg.loss == "logconf" and split else None
+    threshold = predict.batch_threshold(job, rt, raw_model, batch) if cfg.loss == "logconf" and split else None
     kept = batch if only is None else batch[only[batch]]
     shards = np.array_split(kept[rt.rank::rt.world], cfg.grad_accum)
     for micro, shard in enumerate(shards):

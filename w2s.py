@@ -43,25 +43,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import checkpoints
-import cli
-import config
-import evaluation
-import hub
-import job
-import report
-import rundir
-import runtime
-import slurm
-import tracking
-from cli import UserError
+from core import cli, hub
+from core.cli import UserError
 from data import TASKS
-from prompting import prompt_of
-from slurm import SlurmConfig
 from data import common as data_common
-from stages import (PER_STAGE, command, model_label, prompting_names, run_stage, select_of, stage_cfg, stages_of_seed,
-                    student_names)
-from tokenizer import load_tokenizer
+from experiment import evaluation, report, slurm
+from experiment.slurm import SlurmConfig
+from experiment.stages import (PER_STAGE, command, model_label, prompting_names, run_stage, select_of, stage_cfg,
+                               stages_of_seed, student_names)
+from models import checkpoints
+from models.tokenizer import load_tokenizer
+from run import config, job, rundir, runtime, tracking
+from run.prompting import prompt_of
 
 # the real pretrained pair a machine without the Hub can have, and the flags that make a CPU experiment minutes long
 OFFLINE_PAIR = f"--weak {config.PACKAGED_MODEL}@4 --strong {config.PACKAGED_MODEL}"
@@ -314,13 +307,14 @@ def experiment_models(cfg, base, kind):
 
 def model_record(spec, data_dir, quiet):
     source, tokenizer, depth = checkpoints.resolve(spec, data_dir, quiet)
-    identity = rundir.model_identity(source, tokenizer, depth)  # refuses an unreadable checkpoint before OUT is made
+    identity = checkpoints.model_identity(source, tokenizer, depth)  # refuses an unreadable checkpoint before OUT is made
     load_tokenizer(tokenizer)  # and its tokenizer
     return {"spec": spec, "identity": identity}
 
 
-def run_experiment(cfg, base, out):
-    # everything that can fail on bad input happens before OUT is touched: a failed start leaves no directory
+def experiment_inputs(cfg, base):
+    """(task, specs, chain, models): the task, the experiment's model specs and each model's record, with every
+    check that can fail on bad input, so that it fails before OUT is touched and leaves no directory."""
     task = job.cached_task(base.task, base.data_dir, cfg.seeds[0], base.limit)
     config.check_for_task(base, task)
     kind = task.kind
@@ -344,6 +338,12 @@ def run_experiment(cfg, base, out):
         cli.note_once(f"note: on a CPU the paper's models fine-tuned in full on {len(task.splits['w2s_train']):,} rows "
                       f"take hours; {OFFLINE_PAIR} {CPU_MINUTES} takes about 15 minutes on 2 cores")
     models |= {f"chain {model_label(spec)}": model_record(spec, base.data_dir, base.quiet) for spec in chain}
+    return task, specs, chain, models
+
+
+def run_experiment(cfg, base, out):
+    task, specs, chain, models = experiment_inputs(cfg, base)
+    kind = task.kind
     # made before any training, so a missing API key or scorer data stops the experiment at once
     scorer = evaluation.toxicity_scorer(cfg.scorer, task, quiet=base.quiet) if kind == "generation" else None
     experiment = experiment_record(cfg, base, task, scorer.name if scorer else None, models)

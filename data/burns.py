@@ -25,8 +25,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, open_text, read_jsonl,
-                         not_utf8, read_table, warn_dropped)
+from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, not_utf8, open_text, read_jsonl,
+                         read_table, warn_dropped)
 
 FOLDERS = {"anthropic_hh": "anthropic_hh", "cosmos_qa": "cosmosqa", "sciq": "sciq", "boolq": "boolq",
            "amazon_polarity": "amazon_polarity"}

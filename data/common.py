@@ -18,15 +18,15 @@ example (empty text, a null score) are dropped by the reader, counted, and repor
 """
 import csv
 import gzip
-import hashlib
 import json
 import os
 import urllib.request
 import warnings
 from pathlib import Path
 
-import hub
-from cli import UserError, write_atomic
+from core import hub
+from core.cli import UserError, write_atomic
+from core.digests import sha256_file
 
 
 class DataError(UserError, ValueError):
@@ -41,14 +41,6 @@ def warn_once(message, stacklevel=3):
     if message not in WARNED:
         WARNED.add(message)
         warnings.warn(message, stacklevel=stacklevel + 1)
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_record(path):

@@ -5,30 +5,18 @@ data_dir/legal/test.tsv (+ train.tsv), else the test file of the Hub dataset ngu
 had, the same task built from PolicyQA in data_dir/legal/policyqa/, or where the network allows from PolicyQA's
 repository at a fixed commit, sha256-checked (data/policyqa.py); one line says which was read,
 and the run records it (Task.source), so runs on the two are never taken for one another."""
-import cli
-import hub
+from core import cli, hub
+from data import policyqa
 from data.common import (DataError, file_record, hub_dataset_file, instead_of_download, local_file, parse_label,
                          read_table, warn_dropped)
+from data.legal_text import LABEL_NAMES, build_text
 
 HUB_REPO = "nguha/legalbench"
-LABEL_NAMES = ["irrelevant", "relevant"]
 LABEL_OF_ANSWER = {"Irrelevant": 0, "Relevant": 1}
-
-# The paper's input, built exactly as in yeruimeng/WTS legal/train.py (instruction, then question and clause;
-# the missing space after the first sentence is theirs, and "[SEP]" is plain text to our tokenizers).
-INSTRUCTION = ("Given a question and a clause from a privacy policy, determine if the clause contains enough "
-               "information to answer the question.")
-PREMISE = "Classify if the clause is relevant to answering the question."
-
-
-def build_text(question, clause):
-    return INSTRUCTION + PREMISE + "Question: " + question + " [SEP] Clause: " + clause
-
 
 def read(name, data_dir):
     """LegalBench where its test split can be had, else PolicyQA from data_dir or its repository, else one line naming
     what to pass."""
-    import data.policyqa as policyqa  # here: it builds its rows with this module's build_text
     test = local_file(data_dir, "legal", "test.tsv")
     if test is None:
         try:

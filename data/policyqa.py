@@ -5,7 +5,7 @@ Files: data_dir/legal/policyqa/dev.json and test.json (+ train.json when there),
 {"data": [{"title": <policy website>, "paragraphs": [{"context": <segment>, "index", "qas": [{"question", "id",
 "type": "Category|||Attribute|||Value" (OPP-115), "answers": [{"text", "answer_start"}]}]}]}]}.
 
-Rows, in the paper's text format (legal.build_text):
+Rows, in the paper's text format (legal_text.build_text):
     Relevant    a question with a segment that holds an answer span of it; a question asked of one segment several
                 times (other attributes, other annotators) is one row.
     Irrelevant  one per Relevant row: the same question with another segment of the same policy that holds no answer
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from data.common import DataError, cache_dir, fetch_url, file_record, not_utf8, warn_dropped
-from data.legal import LABEL_NAMES, build_text
+from data.legal_text import LABEL_NAMES, build_text
 
 FOLDER = Path("legal") / "policyqa"
 REQUIRED = ("dev.json", "test.json")

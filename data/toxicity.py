@@ -7,8 +7,7 @@ The models are trained as language models on prompt + continuation of non-toxic 
 prompt with its scores, for measuring how toxic the models' own continuations are."""
 from pathlib import Path
 
-from data.common import (DataError, field, file_record, hub_dataset_file, instead_of_download, read_jsonl,
-                         warn_dropped)
+from data.common import DataError, field, file_record, hub_dataset_file, instead_of_download, read_jsonl, warn_dropped
 
 HUB_REPO = "allenai/real-toxicity-prompts"
 TOXIC = 0.5

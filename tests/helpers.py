@@ -35,7 +35,7 @@ def without_paths(results):
 def write_stage(stage_dir, files):
     """A finished stage as train.py leaves it: `files` {relative path: JSON-able content}, then metrics.json naming
     each file with its sha256 (what eval.py checks before reading)."""
-    import rundir
+    from run import rundir
     stage_dir = Path(stage_dir)
     for name, content in files.items():
         (stage_dir / name).parent.mkdir(parents=True, exist_ok=True)

@@ -50,9 +50,10 @@ def test_help_describes_every_flag_with_its_default(script):
 
 def test_each_flags_help_is_its_own_field_comment_never_a_group_heading():
     import inspect
-    import cli
-    import config
+
     import w2s
+    from core import cli
+    from run import config
     for cls in (config.TrainConfig, w2s.W2SConfig):
         headings = [line.strip()[len("# ----"):].strip() for line in inspect.getsource(cls).splitlines()
                     if line.strip().startswith("# ----")]
@@ -87,9 +88,9 @@ def test_abbreviated_flags_are_rejected(script):
 
 
 def test_random_shape_specs_build_the_shapes_parameter_count(shared_data):
-    import job
     from model import GPT, SHAPES
-    import checkpoints
+    from models import checkpoints
+    from run import job
     for spec, expected in [("random:gpt2", 124_439_808), ("random:2x64", None)]:
         model = GPT.from_pretrained(spec, n_classes=2) if expected is None else None
         if expected is None:

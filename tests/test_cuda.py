@@ -136,6 +136,7 @@ def test_sdpa_kernel_matches_the_math_backend(backend, dtype, padded):
 
 def test_compiled_kv_cache_greedy_generation_equals_eager():
     from torch._dynamo.testing import CompileCounterWithBackend
+
     # std 0.3 and a small vocabulary: large gaps between the top logits, so kernel rounding cannot flip an argmax,
     # and greedy follows the context instead of repeating one token
     model = cuda_gpt(4, std=0.3, vocab_size=257, n_layer=2, n_embd=128, n_classes=0)
@@ -190,9 +191,8 @@ def ddp_worker(out):
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    import batching
-    import predict
-    from losses import xent_loss
+    from methods.losses import xent_loss
+    from run import batching, predict
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)

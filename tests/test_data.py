@@ -13,9 +13,9 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 import data
 import data.legal
 import data.safety
+from core import hub
+from core.hub import OfflineError
 from data import DataError, load_task
-import hub
-from hub import OfflineError
 
 
 @pytest.fixture(autouse=True)
@@ -162,17 +162,17 @@ def test_legal_finds_the_test_tsv_in_the_hub_listing_and_downloads_it_as_a_datas
     stand_in = write_legal_test(tmp_path, n=50)
     listing = ["README.md", "data/privacy_policy_qa/train.tsv", "data/privacy_policy_qa/test.tsv", "data/abc/test.tsv"]
     monkeypatch.setattr(hub, "_unreachable", False)  # as if the Hub answered
-    monkeypatch.setattr("hub.list_repo_files", lambda repo, repo_type, revision: listing)
+    monkeypatch.setattr("core.hub.list_repo_files", lambda repo, repo_type, revision: listing)
     calls = []
 
     def download(repo_id, filename, revision=None, repo_type=None, local_files_only=False):
         calls.append((repo_id, filename, repo_type))
         return str(stand_in)
-    monkeypatch.setattr("hub.hf_hub_download", download)
+    monkeypatch.setattr("core.hub.hf_hub_download", download)
     task = load_quietly("legal")
     assert calls == [("nguha/legalbench", "data/privacy_policy_qa/test.tsv", "dataset")]
     assert sum(len(examples) for examples in task.splits.values()) == 50
-    monkeypatch.setattr("hub.list_repo_files",
+    monkeypatch.setattr("core.hub.list_repo_files",
                         lambda repo, repo_type, revision: ["privacy_policy_qa/test-00000-of-00001.parquet"])
     with pytest.raises(DataError, match=r"no privacy_policy_qa test TSV .*parquet.*legal/test.tsv"):
         load_task("legal")
@@ -185,7 +185,7 @@ def test_after_one_unreachable_hub_call_later_files_come_from_the_cache_only(mon
     def unreachable(repo_id, filename, revision=None, repo_type=None, local_files_only=False):
         tries.append(local_files_only)
         raise LocalEntryNotFoundError("cannot reach the Hub")
-    monkeypatch.setattr("hub.hf_hub_download", unreachable)
+    monkeypatch.setattr("core.hub.hf_hub_download", unreachable)
     for name in ("a.parquet", "b.parquet"):
         with pytest.raises(OfflineError, match=f"dataset 'x/y' file '{name}' .*pass --data-dir D instead"):
             hub.hub_file("x/y", name, repo_type="dataset", instead="--data-dir D")

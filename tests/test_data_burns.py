@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
-import cli
 import data.burns as burns
-import hub
+from core import cli, hub
 from data import DataError, load_task
 
 HH_SHA256 = "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03"

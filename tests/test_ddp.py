@@ -12,7 +12,7 @@ import torch
 
 import train
 from model import GPT, GPTConfig
-from tokenizer import save_byte_tokenizer
+from models.tokenizer import save_byte_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:safety:UserWarning")  # the loader's notes on dropped duplicates
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decode import contrastive, decode, greedy, hard_vote, sample, soft_vote
 from model import GPT, GPTConfig
+from models.decode import contrastive, decode, greedy, hard_vote, sample, soft_vote
 
 PAD = 100
 

@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 
-import evaluation as w2s_eval
-import metrics as w2s_metrics
-import report
-from cli import UserError
-from evaluation import evaluate_experiment, write_results
-from metrics import mean_std, metrics, pgr, pgr_ci
+from core.cli import UserError
+from experiment import evaluation as w2s_eval
+from experiment import report
+from experiment.evaluation import evaluate_experiment, write_results
 from helpers import nulls_without_reason, write_experiment_json, write_stage
+from scoring import metrics as w2s_metrics
+from scoring.metrics import mean_std, metrics, pgr, pgr_ci
 
 # 10 examples, confusion matrix TP=3 FN=1 FP=2 TN=4 at threshold 0.5, with tied scores across the classes
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

@@ -4,11 +4,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import features
-import llama
-from batching import collate
-from llama import Llama, LlamaConfig
 from model import GPT, CheckpointError, GPTConfig
+from models import llama
+from models.llama import Llama, LlamaConfig
+from run import features
+from run.batching import collate
 
 CPU = SimpleNamespace(device=torch.device("cpu"), autocast=torch.autocast("cpu", enabled=False))
 NUMERICS = {"device": "cpu", "dtype": "fp32"}

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import packaged
-from cli import UserError, error_line
+from core.cli import UserError, error_line
+from models import packaged
 
 gguf = pytest.importorskip("gguf")
-import gguf_io  # noqa: E402  (after the skip: gguf_io needs the gguf package)
 from gguf import GGMLQuantizationType as Q  # noqa: E402
+
+from models import gguf_io  # noqa: E402  (after the skip: gguf_io needs the gguf package)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +126,7 @@ def test_corrupt_truncated_and_empty_files_are_refused_in_one_line(smollm2_gguf,
 def test_bad_file_exits_2_with_one_error_line(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(64))
-    code = f"import cli, gguf_io; cli.main_guard(lambda: gguf_io.check_gguf({str(bad)!r}))"
+    code = f"from core import cli; from models import gguf_io; cli.main_guard(lambda: gguf_io.check_gguf({str(bad)!r}))"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and run.stderr.startswith(f"error: {bad}:"), run.stderr
 

@@ -9,12 +9,16 @@ import time
 
 import pytest
 
-import hub
 from conftest import ROOT
+from core import hub
 
 # a dataset listing, a tokenizer and a model file, asked one after the other in one process
 ASK_ALL_THREE = """
-import sys, time, cli, data, hub, tokenizer
+import sys, time
+
+import data
+from core import cli, hub
+from models import tokenizer
 t0 = time.time()
 for ask in (lambda: data.load_task("legal", sys.argv[1]), lambda: tokenizer.load_tokenizer("gpt2"),
             lambda: hub.hub_file("openai-community/gpt2", "config.json", instead="a local directory")):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from labels import MemberWeights, cross_fit_halves, hard_labels, knn_smooth, members_agree, selective_labels
-from losses import xent_loss
+from methods.labels import MemberWeights, cross_fit_halves, hard_labels, knn_smooth, members_agree, selective_labels
+from methods.losses import xent_loss
 
 
 def test_hard_labels_are_one_hot_rows_of_the_argmax():

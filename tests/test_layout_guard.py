@@ -18,7 +18,7 @@ import pytest
 
 import w2s
 from helpers import without_paths
-from features import cpu_kind  # the key the numbers are recorded under
+from run.features import cpu_kind  # the key the numbers are recorded under
 
 GOLDEN = Path(__file__).with_name("golden_layout.json")
 # the demo as the README runs it, one seed: toy-s supervises toy-l (their pretraining is shared with test_demo.py)

@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 import data.policyqa as policyqa
-import rundir
 from conftest import ROOT
 from data import DataError, load_task
 from data.legal import build_text
+from run import rundir
 
 FPC, TPS, RET = "First Party Collection/Use", "Third Party Sharing/Collection", "Data Retention"
 
@@ -131,8 +131,9 @@ def test_without_a_local_copy_policyqa_is_fetched_by_url_and_sha256_and_a_wrong_
     """The Hub refused and no DIR/legal/policyqa: the files come from URL (here file:// URLs of files this test
     wrote), are cached, and give the rows a local copy gives; bytes with another sha256 are refused in one line."""
     import hashlib
+
     import data.common as common
-    import hub
+    from core import hub
     source = tmp_path / "source"
     write_policyqa(source, many_policies())
     local = load_task("legal", source)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import hub
-import llama
-from llama import Llama
+from core import hub
 from model import CheckpointError
+from models import llama
+from models.llama import Llama
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

@@ -7,20 +7,18 @@ import types
 import pytest
 import torch
 
-import checkpoints
-import config
-import lora
-import rundir
 import train
 import w2s
-from cli import UserError
+from core.cli import UserError
 from helpers import run_script
-from job import prepare
-from llama import Llama, LlamaConfig
 from model import GPT, GPTConfig
-from optim import make_optimizer, optimizer_step
-from predict import predict_probs
-from runtime import setup_runtime
+from models import checkpoints, lora
+from models.llama import Llama, LlamaConfig
+from run import config, rundir
+from run.job import prepare
+from run.optim import make_optimizer, optimizer_step
+from run.predict import predict_probs
+from run.runtime import setup_runtime
 
 VOCAB = 101
 FAMILIES = {
@@ -114,7 +112,7 @@ def test_adapters_saved_alone_and_reloaded_reproduce_the_logits(family, tmp_path
     base_model(family, n_classes=0).save_pretrained(base_dir)
     torch.manual_seed(5)
     model = trained(lora.add_lora(checkpoints.load(base_dir, n_classes=2), 4, 8.0))
-    identity = rundir.model_identity(base_dir)
+    identity = checkpoints.model_identity(base_dir)
     base = {"source": str(base_dir), "depth": None, "seed": 5, "identity": identity}
     lora.save_checkpoint(model, tmp_path / "ckpt", "adapters", base)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter_config.json", "adapters.safetensors"]

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-import losses
-from losses import (LOSSES, aux_coef, entropy_loss, logconf_loss, logconf_threshold, product_loss, window_loss,
-                    xent_loss)
+from methods import losses
+from methods.losses import (LOSSES, aux_coef, entropy_loss, logconf_loss, logconf_threshold, product_loss, window_loss,
+                            xent_loss)
 
 # fixed inputs shared by the reference tests: 6 rows, binary and 3-class, soft weak labels, some confident rows
 LOGITS2 = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-0.4, 0.2], [-2.5, 1.0], [0.05, -0.05], [1.2, 0.4]], dtype=torch.float64)

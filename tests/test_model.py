@@ -5,13 +5,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import hub
+from core import hub
 from model import GPT, CheckpointError, GPTConfig
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel,  # noqa: E402
-                          OpenAIGPTConfig, OpenAIGPTLMHeadModel)
+from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, OpenAIGPTConfig,  # noqa: E402
+                          OpenAIGPTLMHeadModel)
 
 TINY = dict(n_positions=64, vocab_size=101, n_layer=2, n_head=2, n_embd=32)
 TOL = 1e-4

@@ -5,7 +5,7 @@ import pytest
 
 import train
 import w2s
-from cli import UserError
+from core.cli import UserError
 from helpers import kill_w2s_after, nulls_without_reason, ragged_table_rows, without_paths
 
 
@@ -142,7 +142,7 @@ def test_each_row_records_its_checkpoint_rule_per_method_default_or_select(share
     """Without --select every student predicts with its method's rule (stages.SELECT) and supervisors and ceilings
     with best; results.json's selection and the Weights column of results.md say so row by row. --select final
     sets every stage's rule, the weak supervisor's too."""
-    import stages
+    from experiment import stages
     monkeypatch.setattr(stages, "SELECT", {**stages.SELECT, "naive": "final", "logconf": "objective"})
     args = ["--task", "safety", "--data-dir", str(shared_data), "--limit", "24", "--weak", "random:1x16", "--strong",
             "random:1x32", "--ensemble", "0", "--students", "naive,logconf,entropy", "--max-length", "32", "--epochs",

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import probe
 import train
 import w2s
-from losses import LOSSES, aux_coef, logconf_threshold
+from methods import probe
+from methods.losses import LOSSES, aux_coef, logconf_threshold
 
 
 def synthetic(n=240, d=6, c=2, seed=0, noise=1.0):
@@ -222,7 +222,7 @@ def test_two_head_inits_give_the_same_bits(shared_data, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_students_numbers_are_identical_when_the_gold_labels_of_w2s_train_are_scrambled(shared_data, tmp_path,
                                                                                            monkeypatch):
-    import job
+    from run import job
 
     def experiment(out):
         return w2s.main(["--task", "safety", "--data-dir", str(shared_data), "--limit", "80", "--weak", "random:1x16",
@@ -277,9 +277,8 @@ def test_the_record_holds_the_path_the_penalty_and_the_fit(shared_data, tmp_path
 
 @pytest.mark.parametrize("family", ["gpt", "llama"])
 def test_a_fitted_heads_bias_is_saved_and_loaded_back_by_both_families(family, tmp_path):
-    import checkpoints
-    import llama
     from model import GPT, GPTConfig
+    from models import checkpoints, llama
     torch.manual_seed(0)
     model = (GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=1, n_head=2, n_embd=16, n_classes=2))
              if family == "gpt" else
@@ -312,9 +311,10 @@ def test_probe_sgd_reproduces_the_numbers_before_fitted_probes(shared_data, tmp_
     """tests/golden_sgd_probe.json holds results.json of sgd_experiment as the code before fitted probes wrote it
     (main at a576ce9, without --probe), per CPU kind as tests/test_layout_guard.py keys them; on an unrecorded CPU
     kind the test skips (record one by running sgd_experiment at a576ce9: helpers.without_paths of its results)."""
-    from helpers import without_paths
-    from features import cpu_kind
     from test_layout_guard import without_identities
+
+    from helpers import without_paths
+    from run.features import cpu_kind
     recorded, kind = json.loads(SGD_GOLDEN.read_text()), cpu_kind()
     if kind not in recorded:
         pytest.skip(f"no --probe sgd numbers recorded for this CPU kind ({kind})")

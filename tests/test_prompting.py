@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import checkpoints
-import cli
-import prompting
-import job
-from tokenizer import byte_tokenizer
+from core import cli
+from models import checkpoints
+from models.tokenizer import byte_tokenizer
+from run import job, prompting
 
 COMMON = ["--task", "safety", "--limit", "24", "--max-length", "64", "--batch-size", "8", "--quiet"]
 
@@ -205,6 +204,7 @@ W2S = ["--task", "safety", "--limit", "40", "--max-length", "32", "--epochs", "1
 def test_w2s_prompting_rows_are_stages_of_the_table_and_equal_prompting_py(shared_data, tiny, tmp_path, capsys):
     import subprocess
     import sys
+
     import w2s
     out = tmp_path / "exp"
     args = W2S + ["--data-dir", str(shared_data), "--weak", tiny, "--strong", tiny, "--prompting", "all",
@@ -221,16 +221,16 @@ def test_w2s_prompting_rows_are_stages_of_the_table_and_equal_prompting_py(share
         assert len(test["probs"]) == n_test and np.allclose(np.sum(test["probs"], 1), 1)
     # the weak few-shot stage read the weak stage's labels, checked by content
     record = json.loads((out / "seed0" / "prompt_fewshot_weak" / "config.json").read_text())
-    from rundir import sha256_file
+    from core.digests import sha256_file
     assert record["inputs"]["supervisor"] == sha256_file(out / "seed0" / "weak" / "predictions.json")
-    # --print-commands prints a prompting.py command that reproduces the stage's predictions on its own
+    # --print-commands prints a `python -m run.prompting` command that reproduces the stage's predictions on its own
     capsys.readouterr()
     w2s.main(args + ["--print-commands"])
-    line = next(l for l in capsys.readouterr().out.splitlines() if "prompt_fewshot_weak" in l and "prompting.py" in l)
+    line = next(l for l in capsys.readouterr().out.splitlines() if "prompt_fewshot_weak" in l and "run.prompting" in l)
     alone = tmp_path / "alone"
     cmd = line.split()[1:]
     cmd[cmd.index("--out") + 1] = str(alone)
-    subprocess.run([sys.executable, *cmd], check=True, capture_output=True, cwd=Path(prompting.__file__).parent)
+    subprocess.run([sys.executable, *cmd], check=True, capture_output=True, cwd=Path(prompting.__file__).parents[1])
     assert json.loads((alone / "predictions.json").read_text())["test"] == \
         json.loads((out / "seed0" / "prompt_fewshot_weak" / "predictions.json").read_text())["test"]
 

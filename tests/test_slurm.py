@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-import slurm
 import slurm_cluster
 import w2s
-from cli import UserError
+from core.cli import UserError
+from experiment import slurm
 from helpers import kill_w2s_after, run_script, without_paths
 
 ARGS = ["--task", "toy", "--limit", "40", "--epochs", "1", "--n-boot", "50", "--ensemble", "0", "--students", "naive",
@@ -106,7 +106,7 @@ def test_bad_slurm_values_are_refused_in_one_line(flags, error):
 
 
 def test_with_a_gpu_per_job_device_auto_means_the_nodes_cuda_whatever_this_machine_has():
-    import runtime
+    from run import runtime
     pytest.importorskip("submitit")
     _, base = w2s.parse_args(["--launcher", "slurm", "--slurm-gpus", "1", "--print-commands"])
     assert base.device == "cuda" and runtime.numerics(base) == {"device": "cuda", "dtype": "bf16"}

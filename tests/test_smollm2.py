@@ -3,10 +3,10 @@ transformers loading the same file, on real safety prompts. Skipped only when th
 import pytest
 import torch
 
-import checkpoints
-from batching import collate
 from data import load_task
-from tokenizer import load_tokenizer
+from models import checkpoints
+from models.tokenizer import load_tokenizer
+from run.batching import collate
 
 
 @pytest.fixture(scope="module")

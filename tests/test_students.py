@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import job
-import labels
-import students
 import train
-from cli import UserError
+from core.cli import UserError
 from helpers import write_stage
+from methods import labels
 from model import GPT
+from run import job, students
 
 COMMON = ["--task", "safety", "--limit", "24", "--max-length", "32", "--epochs", "2", "--batch-size", "8",
           "--lr", "1e-3", "--quiet"]
@@ -79,7 +78,7 @@ def test_select_objective_keeps_the_step_where_the_students_own_loss_on_val_is_l
     """--select objective with logconf: the recorded val loss is logconf's (its coefficient at the selected step,
     its threshold over val) of the kept weights' val predictions against the weak labels, and differs from the
     cross entropy --select best records."""
-    from losses import LOSSES, aux_coef
+    from methods.losses import LOSSES, aux_coef
     base = ["--role", "student", "--model", models[1], "--weak-labels", str(weak_labels), "--loss", "logconf",
             "--patience", "100"]
     metrics = run(shared_data, tmp_path / "objective", *base, "--select", "objective")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import evaluation as w2s_eval
 import train
 import w2s
+from experiment import evaluation as w2s_eval
 from helpers import kill_w2s_after, without_paths
 
 SIZES = ["random:1x16", "random:1x32", "random:2x32"]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import hub
-from tokenizer import TokenizerError, load_tokenizer, save_byte_tokenizer
+from core import hub
+from models.tokenizer import TokenizerError, load_tokenizer, save_byte_tokenizer
 
 # Hand-picked cases real text also holds: whitespace runs, contractions, newlines, accents, CJK, emoji, controls
 EDGE_CASES = [
@@ -246,9 +246,10 @@ def test_tokenizer_json_pre_tokenizers_normalizer_and_bos_match_tokenizers(share
 def write_gguf_vocab(path, pre, add_bos, kind="gpt2", shuffled=False):
     """A tiny Llama GGUF holding only a vocabulary: 3 specials (2 control, 1 user-defined), 256 bytes, 8 merges;
     shuffled: the merged tokens' ids not in merge order (tiktoken's ranks must then be mapped to ids)."""
-    import numpy as np
     import gguf
-    from tokenizer import bytes_to_unicode
+    import numpy as np
+
+    from models.tokenizer import bytes_to_unicode
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "1 2", "12 3"]
     tokens = ["<|begin_of_text|>", "<|end_of_text|>", "<think>", *(bytes_to_unicode()[b] for b in range(256))]
     merged = [m.replace(" ", "") for m in merges]

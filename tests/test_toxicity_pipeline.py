@@ -13,18 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cli
-import config
-import evaluation as w2s_eval
-import job
-import metrics as w2s_metrics
-from cli import UserError
-import batching
 import train
 import w2s
+from core import cli
+from core.cli import UserError
+from experiment import evaluation as w2s_eval
 from helpers import kill_w2s_after, ragged_table_rows, without_paths, write_experiment_json, write_stage
 from model import GPT
-from tokenizer import load_tokenizer
+from models.tokenizer import load_tokenizer
+from run import batching, config, job
+from scoring import metrics as w2s_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RTP_ROWS_PER_FILE = 300  # real rows from each RTP file: enough for every split, and the offline scorer trains in ~2 s
@@ -347,8 +345,8 @@ def test_protocol_rtp_sets_gehmans_settings_and_its_metrics_equal_direct_computa
 
 
 def test_temperature_reaches_the_sampler_as_given_with_several_samples(env, monkeypatch):
-    import decode
-    import generation
+    from models import decode
+    from run import generation
     seen = []
     real_sample = decode.sample
     monkeypatch.setattr(decode, "sample", lambda t, **kw: seen.append(t) or real_sample(t, **kw))

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-import toxicity
-from toxicity import OfflineScorer, PerspectiveError, PerspectiveScorer
+from scoring import toxicity
+from scoring.toxicity import OfflineScorer, PerspectiveError, PerspectiveScorer
 
 KEY = "test-KEY-5ecret/+="  # '/', '+', '=' must survive URL quoting and still be redacted
 

@@ -13,13 +13,14 @@ import torch
 
 import train
 import w2s
-from helpers import without_paths
 from data import load_task, toy
+from helpers import without_paths
 from model import GPT, GPTConfig
-from tokenizer import load_tokenizer
+from models import toy_gpt
+from models.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = toy.PretrainConfig(epochs=1)  # the real recipe for one pass: a toy-xs pretrains in about a second
+TINY = toy_gpt.PretrainConfig(epochs=1)  # the real recipe for one pass: a toy-xs pretrains in about a second
 
 
 @pytest.fixture
@@ -62,18 +63,19 @@ def test_toy_train_defaults_apply_and_the_command_line_wins():
 
 def test_sizes_are_ordered_by_parameter_count_and_the_demo_pair_is_weak_then_strong():
     params = [GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=L, n_embd=E, n_head=H)).num_params()
-              for L, E, H in toy.SIZES.values()]
+              for L, E, H in toy_gpt.SIZES.values()]
     assert params == sorted(params) and len(set(params)) == len(params) == 4
     weak, strong = toy.DEMO
-    assert list(toy.SIZES).index(weak) < list(toy.SIZES).index(strong)
+    assert list(toy_gpt.SIZES).index(weak) < list(toy_gpt.SIZES).index(strong)
 
 
 def test_corpus_rows_end_at_the_attribute_which_is_their_only_target():
-    from tokenizer import load_tokenizer, save_byte_tokenizer
     import tempfile
+
+    from models.tokenizer import load_tokenizer, save_byte_tokenizer
     with tempfile.TemporaryDirectory() as d:
         tok = load_tokenizer(save_byte_tokenizer(d))
-    idx, targets = toy.corpus(tok, [("hai", 1), ("pobeck", 0)])
+    idx, targets = toy_gpt.corpus(tok, [("hai", 1), ("pobeck", 0)])
     assert bytes(idx[0][:8].tolist()) == b"hai is h" and idx[0][8:].eq(tok.pad_token).all()
     assert bytes(idx[1].tolist()) == b"pobeck is c"
     assert (targets != -100).sum(1).tolist() == [1, 1]
@@ -81,37 +83,37 @@ def test_corpus_rows_end_at_the_attribute_which_is_their_only_target():
 
 
 def test_cache_key_holds_everything_that_changes_the_weights(monkeypatch):
-    config = toy.PretrainConfig()
-    key, what = toy.cache_key("toy-s", config)
-    assert key.startswith("toy-s-") and what["threads"] == toy.PRETRAIN_THREADS == 1
-    assert toy.cache_key("toy-s", config) == (key, what)  # deterministic
-    keys = {key, toy.cache_key("toy-m", config)[0], toy.cache_key("toy-s", toy.PretrainConfig(epochs=7))[0],
-            toy.cache_key("toy-s", toy.PretrainConfig(lr=3e-4))[0], toy.cache_key("toy-s", config, device="meta")[0]}
+    config = toy_gpt.PretrainConfig()
+    key, what = toy_gpt.cache_key("toy-s", config)
+    assert key.startswith("toy-s-") and what["threads"] == toy_gpt.PRETRAIN_THREADS == 1
+    assert toy_gpt.cache_key("toy-s", config) == (key, what)  # deterministic
+    keys = {key, toy_gpt.cache_key("toy-m", config)[0], toy_gpt.cache_key("toy-s", toy_gpt.PretrainConfig(epochs=7))[0],
+            toy_gpt.cache_key("toy-s", toy_gpt.PretrainConfig(lr=3e-4))[0], toy_gpt.cache_key("toy-s", config, device="meta")[0]}
     torch.set_num_threads(2)  # the machine's threads do not matter: pretraining always runs on PRETRAIN_THREADS
-    assert toy.cache_key("toy-s", config)[0] == key  # (the conftest fixture puts the thread count back)
+    assert toy_gpt.cache_key("toy-s", config)[0] == key  # (the conftest fixture puts the thread count back)
     with monkeypatch.context() as m:
-        m.setattr(toy, "PRETRAIN_THREADS", 2)
-        keys.add(toy.cache_key("toy-s", config)[0])
+        m.setattr(toy_gpt, "PRETRAIN_THREADS", 2)
+        keys.add(toy_gpt.cache_key("toy-s", config)[0])
     with monkeypatch.context() as m:
         m.setattr(torch, "__version__", "9.9.9+cpu")
-        keys.add(toy.cache_key("toy-s", config)[0])
+        keys.add(toy_gpt.cache_key("toy-s", config)[0])
     with monkeypatch.context() as m:
         m.setitem(toy.WORLD, "surface_agreement", 0.7)  # another world: other facts
-        keys.add(toy.cache_key("toy-s", config)[0])
+        keys.add(toy_gpt.cache_key("toy-s", config)[0])
     with monkeypatch.context() as m:
-        m.setitem(toy.SIZES, "toy-s", (1, 24, 1))  # same name, other shape
-        keys.add(toy.cache_key("toy-s", config)[0])
+        m.setitem(toy_gpt.SIZES, "toy-s", (1, 24, 1))  # same name, other shape
+        keys.add(toy_gpt.cache_key("toy-s", config)[0])
     with monkeypatch.context() as m:
-        m.setattr(toy, "RECIPE", toy.RECIPE + 1)
-        keys.add(toy.cache_key("toy-s", config)[0])
+        m.setattr(toy_gpt, "RECIPE", toy_gpt.RECIPE + 1)
+        keys.add(toy_gpt.cache_key("toy-s", config)[0])
     assert len(keys) == 10
 
 
 def test_pretrained_model_is_a_loadable_directory_and_a_second_call_reuses_it(cache, monkeypatch, capsys):
-    path = toy.pretrained_model("toy-xs", config=TINY)
-    assert Path(path).parent == cache and Path(path).name == toy.cache_key("toy-xs", TINY)[0]
+    path = toy_gpt.pretrained_model("toy-xs", config=TINY)
+    assert Path(path).parent == cache and Path(path).name == toy_gpt.cache_key("toy-xs", TINY)[0]
     model = GPT.from_pretrained(path)
-    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == toy.SIZES["toy-xs"]
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head) == toy_gpt.SIZES["toy-xs"]
     tok = load_tokenizer(path)
     assert tok.encode("hai is ") == list(b"hai is ") and tok.vocab_size == model.config.vocab_size == 257
     classifier = GPT.from_pretrained(path, n_classes=2)  # fine-tuning starts from a zero head, as Burns et al.'s
@@ -127,36 +129,36 @@ def test_pretrained_model_is_a_loadable_directory_and_a_second_call_reuses_it(ca
 
     def no_second_training(*args, **kwargs):
         raise AssertionError("pretrained again although the cache holds this model")
-    monkeypatch.setattr(toy, "pretrain", no_second_training)
-    assert toy.pretrained_model("toy-xs", config=TINY) == path
-    monkeypatch.setattr(toy, "PretrainConfig", lambda: TINY)  # resolve() takes the default recipe
-    assert toy.resolve("toy-xs") == path and toy.resolve("/some/dir") == "/some/dir"
+    monkeypatch.setattr(toy_gpt, "pretrain", no_second_training)
+    assert toy_gpt.pretrained_model("toy-xs", config=TINY) == path
+    monkeypatch.setattr(toy_gpt, "PretrainConfig", lambda: TINY)  # resolve() takes the default recipe
+    assert toy_gpt.resolve("toy-xs") == path and toy_gpt.resolve("/some/dir") == "/some/dir"
 
 
 def test_pretraining_in_a_log_prints_a_line_every_ten_epochs(capsys):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=1, n_embd=8))
     idx = torch.randint(0, 257, (8, 6))
-    toy.pretrain(model, idx, idx.clone(), toy.PretrainConfig(epochs=20, batch_size=8), "cpu", desc="[toy] tiny")
+    toy_gpt.pretrain(model, idx, idx.clone(), toy_gpt.PretrainConfig(epochs=20, batch_size=8), "cpu", desc="[toy] tiny")
     lines = capsys.readouterr().err.splitlines()  # stderr is not a terminal here: plain lines, no bar
     assert [line.split(" loss ")[0] for line in lines] == ["[toy] tiny: epoch 10/20", "[toy] tiny: epoch 20/20"]
 
 
 def test_quiet_pretraining_prints_nothing(cache, capsys):
-    toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    toy_gpt.pretrained_model("toy-xs", config=TINY, quiet=True)
     captured = capsys.readouterr()
     assert captured.out == captured.err == ""
 
 
 def test_unknown_size_is_refused(cache):
     with pytest.raises(ValueError, match="unknown toy model 'toy-xxl'"):
-        toy.pretrained_model("toy-xxl")
+        toy_gpt.pretrained_model("toy-xxl")
 
 
 def _pretrain_in_subprocess(cache_dir, epochs=1, quiet=True):
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from data import toy; "
-              f"print(toy.pretrained_model('toy-xs', cache_dir={str(cache_dir)!r}, quiet={quiet}, "
-              f"config=toy.PretrainConfig(epochs={epochs})))")
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from models import toy_gpt; "
+              f"print(toy_gpt.pretrained_model('toy-xs', cache_dir={str(cache_dir)!r}, quiet={quiet}, "
+              f"config=toy_gpt.PretrainConfig(epochs={epochs})))")
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same key in both processes
     return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -169,7 +171,7 @@ def _one_valid_directory(cache_dir, procs):
     assert len(paths) == 1
     path = Path(paths.pop())
     entries = [p.name for p in (cache_dir / "toy").iterdir() if not p.name.endswith(".lock")]
-    assert entries == [path.name] and all((path / f).is_file() for f in toy.MODEL_FILES)
+    assert entries == [path.name] and all((path / f).is_file() for f in toy_gpt.MODEL_FILES)
     GPT.from_pretrained(path)
     return outs
 
@@ -194,12 +196,12 @@ def test_a_process_arriving_during_pretraining_waits_and_reuses_the_result(tmp_p
 def test_a_rename_lost_to_another_process_keeps_the_winners_directory(cache, monkeypatch):
     """Without the lock (e.g. no fcntl), two processes may both train: the second rename fails with "Directory not
     empty" and must keep the first one's complete directory instead of crashing."""
-    real = toy._pretrain_into
+    real = toy_gpt._pretrain_into
     winner = {}
 
     def other_process_publishes_first(directory, size, config, device, quiet):
         record = real(directory, size, config, device, quiet)
-        key, what = toy.cache_key(size, config, device)
+        key, what = toy_gpt.cache_key(size, config, device)
         other = cache / f".tmp-{key}-other"
         other.mkdir()
         real(other, size, config, device, quiet)
@@ -207,14 +209,14 @@ def test_a_rename_lost_to_another_process_keeps_the_winners_directory(cache, mon
         os.rename(other, cache / key)
         winner["path"] = str(cache / key)
         return record
-    monkeypatch.setattr(toy, "_pretrain_into", other_process_publishes_first)
-    path = toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    monkeypatch.setattr(toy_gpt, "_pretrain_into", other_process_publishes_first)
+    path = toy_gpt.pretrained_model("toy-xs", config=TINY, quiet=True)
     assert path == winner["path"] and json.loads((Path(path) / "pretrain.json").read_text())["winner"]
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [Path(path).name]
 
 
 def test_temporary_directories_of_killed_runs_are_removed_at_the_next_call(cache):
-    path = toy.pretrained_model("toy-xs", config=TINY, quiet=True)
+    path = toy_gpt.pretrained_model("toy-xs", config=TINY, quiet=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()
@@ -228,7 +230,7 @@ def test_temporary_directories_of_killed_runs_are_removed_at_the_next_call(cache
             (tmp / "owner.json").write_text(json.dumps(owner))
     two_days_ago = time.time() - 2 * 24 * 3600
     os.utime(cache / ".tmp-toy-m-0123456789ab-old", (two_days_ago, two_days_ago))
-    assert toy.pretrained_model("toy-xs", config=TINY, quiet=True) == path  # a cache hit still cleans up
+    assert toy_gpt.pretrained_model("toy-xs", config=TINY, quiet=True) == path  # a cache hit still cleans up
     left = sorted(p.name.rsplit("-", 1)[1] for p in cache.glob(".tmp-*"))
     assert left == ["alive", "elsewhere"]  # a live process's, and a recent one of another host, are left alone
 
@@ -236,13 +238,13 @@ def test_temporary_directories_of_killed_runs_are_removed_at_the_next_call(cache
 @pytest.mark.slow
 def test_toy_demo_end_to_end_gives_pgr_and_the_same_results_twice(tmp_path, cache, monkeypatch):
     # w2s.py's own toy path (pretraining inside main), shrunk: one pretraining epoch, 40 examples a split, one epoch
-    monkeypatch.setattr(toy, "PretrainConfig", functools.partial(toy.PretrainConfig, epochs=1))
+    monkeypatch.setattr(toy_gpt, "PretrainConfig", functools.partial(toy_gpt.PretrainConfig, epochs=1))
     texts = []
     for run in ("a", "b"):
         out = tmp_path / run
         results = w2s.main(["--out", str(out), "--limit", "40", "--epochs", "1", "--n-boot", "50"])
         assert results["config"]["models"] == list(toy.DEMO)  # the specs; their weights from the shared cache
-        assert (cache / toy.cache_key(toy.DEMO[1], toy.PretrainConfig())[0]).is_dir() and not (out / "pretrained").exists()
+        assert (cache / toy_gpt.cache_key(toy.DEMO[1], toy_gpt.PretrainConfig())[0]).is_dir() and not (out / "pretrained").exists()
         assert "student_naive" in (out / "results.md").read_text()
         pgr = results["seeds"]["0"]["pgr"]
         assert set(pgr) == {"student_naive", "student_logconf", "student_hard", "student_soft"}
@@ -253,8 +255,8 @@ def test_toy_demo_end_to_end_gives_pgr_and_the_same_results_twice(tmp_path, cach
 
 def test_pretraining_runs_on_its_own_thread_count_whatever_the_machine_has(cache, monkeypatch):
     seen = []
-    real = toy.pretrain
-    monkeypatch.setattr(toy, "pretrain", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    real = toy_gpt.pretrain
+    monkeypatch.setattr(toy_gpt, "pretrain", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     torch.set_num_threads(2)  # the conftest fixture puts it back
-    toy.pretrained_model("toy-xs", config=TINY, quiet=True)
-    assert seen == [toy.PRETRAIN_THREADS] and torch.get_num_threads() == 2
+    toy_gpt.pretrained_model("toy-xs", config=TINY, quiet=True)
+    assert seen == [toy_gpt.PRETRAIN_THREADS] and torch.get_num_threads() == 2

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import cli
-import tracking
 import train
 import w2s
+from core import cli
 from helpers import stage_stamps, without_paths
+from run import tracking
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
-import features
 import train
 import w2s
-from cli import UserError
-from data import load_task
-from tokenizer import load_tokenizer
 from conftest import ROOT
+from core.cli import UserError
+from data import load_task
 from helpers import without_paths
+from models.tokenizer import load_tokenizer
+from run import features
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-import batching
-import ensemble
 import train
+from run import batching, ensemble
 
 
 def test_bucketed_batches_cover_every_example_once_per_epoch():

@@ -19,15 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
-import config
-import evaluation as w2s_eval
-import job
-import rundir
-import stages as stage_graph
 import train
 import w2s
+from core import cli
+from experiment import evaluation as w2s_eval
+from experiment import stages as stage_graph
 from helpers import ROOT, nulls_without_reason, one_thread_env, run_script, stage_stamps, strict_json, without_paths
+from models import checkpoints
+from run import config, job, rundir
 
 STAGES = {"seed0/weak", "seed0/ensemble/member0", "seed0/ensemble/member1", "seed0/ensemble", "seed0/ceiling",
           "seed0/student_naive", "seed0/student_hard"}
@@ -196,10 +195,10 @@ def test_a_random_init_model_is_identified_by_its_tokenizer_files_not_their_plac
         (d / "merges.txt").write_text(merges)
         return d
     here, copy, other = tokenizer_dir("a", "#v\n"), tokenizer_dir("b", "#v\n"), tokenizer_dir("c", "#v\na b\n")
-    identity = rundir.model_identity("random:gpt2", str(here))
-    assert identity == rundir.model_identity("random:gpt2", str(copy))
-    assert identity != rundir.model_identity("random:gpt2", str(other))
-    assert rundir.model_identity("random:2x64", "bytes") == {"random": "random:2x64"}
+    identity = checkpoints.model_identity("random:gpt2", str(here))
+    assert identity == checkpoints.model_identity("random:gpt2", str(copy))
+    assert identity != checkpoints.model_identity("random:gpt2", str(other))
+    assert checkpoints.model_identity("random:2x64", "bytes") == {"random": "random:2x64"}
 
 
 @pytest.mark.parametrize("given", ["--weak", "--strong"])

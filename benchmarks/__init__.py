@@ -1,0 +1,1 @@
+"""bench.py's sections, one file each."""
