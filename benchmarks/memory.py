@@ -23,13 +23,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import lora
-from config import TrainConfig
-from llama import Llama, LlamaConfig
-from losses import xent_loss
+from methods.losses import xent_loss
 from model import GPT, GPTConfig
-from optim import make_optimizer, optimizer_step
-from predict import Classifier
+from models import lora
+from models.llama import Llama, LlamaConfig
+from run.config import TrainConfig
+from run.optim import make_optimizer, optimizer_step
+from run.predict import Classifier
 
 
 def trainer(forward, model, autocast):

@@ -1,11 +1,12 @@
 """
-The fitted probe's cost (probe.py): one stage's fit on N rows x D features, its 10-penalty path cross-validated over
-5 folds, the refit and the method, timed by part. The target: 4,000 x 576 (SmolLM2-135M's width) under 2 s on a
-2-core CPU. The rows are synthetic: Gaussian features with correlated directions and labels drawn from a planted
-logistic model, so the fit has the conditioning of real hidden states (a few directions carry most variance).
+The fitted probe's cost (methods/probe.py): one stage's fit on N rows x D features, its 10-penalty path
+cross-validated over 5 folds, the refit and the method, timed by part. The target: 4,000 x 576 (SmolLM2-135M's width)
+under 2 s on a 2-core CPU. The rows are synthetic: Gaussian features with correlated directions and labels drawn from
+a planted logistic model, so the fit has the conditioning of real hidden states (a few directions carry most
+variance).
 
-    python bench_probe.py                    # 4,000 x 576, 2 classes, 3 rounds, the median
-    python bench_probe.py --rows 1000 --classes 4 --threads 1
+    python -m benchmarks.probe               # 4,000 x 576, 2 classes, 3 rounds, the median
+    python -m benchmarks.probe --rows 1000 --classes 4 --threads 1
 """
 import argparse
 import statistics
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
-import probe
+from methods import probe
 
 
 def synthetic(rows, dim, classes, seed=0):

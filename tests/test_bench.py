@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench
+from benchmarks import common, llama_family, recipe, trunk
 from data import load_task
 from model import GPT, GPTConfig
 
@@ -25,21 +26,21 @@ def test_train_flops_per_token_of_gpt2_medium_match_hand_computation():
     lm = gpt2_medium(0)
     assert lm.num_params() == 354_823_168
     # 6 * (params without wpe) + 12 * n_layer * n_embd * seq = 6 * 353,774,592 + 12 * 24 * 1024 * 512
-    assert bench.train_flops_per_token(lm, 512, lm_head=True) == 2_122_647_552 + 150_994_944
+    assert common.train_flops_per_token(lm, 512, lm_head=True) == 2_122_647_552 + 150_994_944
     # a classifier never runs the (tied) lm_head: 6 * 51,463,168 fewer, plus its 2-class head 6 * 2048
     cls = gpt2_medium(2)
-    assert bench.train_flops_per_token(cls, 512, lm_head=False) == 2_273_642_496 - 308_779_008 + 12_288
+    assert common.train_flops_per_token(cls, 512, lm_head=False) == 2_273_642_496 - 308_779_008 + 12_288
 
 
 def test_mfu_and_datasheet_peaks():
     # 200k tokens/s at 1,964,875,776 FLOPs/token on an H100 SXM (989 TFLOP/s bf16 dense) = 3.9298e14 / 9.89e14
-    assert bench.mfu(200_000, 1_964_875_776, 989e12) == pytest.approx(0.397346, abs=1e-6)
-    assert bench.mfu(200_000, 1_964_875_776, None) is None  # unknown peak: MFU n/a, never a made-up number
-    assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
-    assert bench.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
-    assert bench.peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 495e12  # TF32 tensor cores
-    assert bench.peak_flops("NVIDIA H200", "bf16") == 989e12
-    assert bench.peak_flops("NVIDIA GeForce GTX 1080", "bf16") is None
+    assert common.mfu(200_000, 1_964_875_776, 989e12) == pytest.approx(0.397346, abs=1e-6)
+    assert common.mfu(200_000, 1_964_875_776, None) is None  # unknown peak: MFU n/a, never a made-up number
+    assert common.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert common.peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert common.peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 495e12  # TF32 tensor cores
+    assert common.peak_flops("NVIDIA H200", "bf16") == 989e12
+    assert common.peak_flops("NVIDIA GeForce GTX 1080", "bf16") is None
 
 
 def test_interleaved_alternates_the_runs_and_reports_median_min_max_of_the_rounds():
@@ -58,15 +59,15 @@ def test_interleaved_alternates_the_runs_and_reports_median_min_max_of_the_round
             events.append(f"setup {name}")
             now[0] += 1000.0
         return fn
-    t = bench.interleaved({"ours": run("ours"), "ref": run("ref")}, rounds=3, sync=lambda: events.append("sync"),
+    t = common.interleaved({"ours": run("ours"), "ref": run("ref")}, rounds=3, sync=lambda: events.append("sync"),
                           setup={"ref": setup("ref")}, clock=lambda: now[0])
     one_round = ["sync", "ours", "sync", "setup ref", "sync", "ref", "sync"]
     assert events == one_round * 3  # ours, ref, ours, ref, ...; setup before its run; sync around each timed call
     assert t["ours"] == {"median": 3.0, "min": 2.0, "max": 5.0, "rounds": [2.0, 5.0, 3.0]}
     assert t["ref"] == {"median": 6.0, "min": 4.0, "max": 10.0, "rounds": [10.0, 4.0, 6.0]}
-    assert bench.spread([4.0, 1.0, 3.0, 2.0])["median"] == 2.5  # an even count: the mean of the middle two
+    assert common.spread([4.0, 1.0, 3.0, 2.0])["median"] == 2.5  # an even count: the mean of the middle two
     # a row pairs the rounds: ours faster by ref/ours = 5, 0.8, 2 per round; as rates, work / seconds
-    row = bench.timing_row("s", "m", t["ours"], t["ref"], work=60, unit="tokens/s")
+    row = common.timing_row("s", "m", t["ours"], t["ref"], work=60, unit="tokens/s")
     assert row["speedup"] == {"median": 2.0, "min": 0.8, "max": 5.0, "rounds": [5.0, 0.8, 2.0]}
     assert row["ours"]["median"] == 20.0 and row["ref"]["max"] == 15.0 and row["higher_is_better"]
 
@@ -77,7 +78,7 @@ def test_quick_suite_runs_every_section_with_finite_numbers_and_equal_computatio
         res = bench.main(["--suite", "--quick", "--json", "--threads", "1", "--data-dir", str(shared_data)])
     finally:
         torch.set_num_threads(n)
-    gpt2 = bench.FAMILIES["gpt2"]  # --suite runs every section of --family, gpt2 by default
+    gpt2 = common.FAMILIES["gpt2"]  # --suite runs every section of --family, gpt2 by default
     assert list(res["sections"]) == gpt2
     rows = res["rows"]
     assert {r["section"] for r in rows} == set(gpt2) and not [r for r in rows if r["kind"] == "skipped"]
@@ -101,8 +102,8 @@ def test_quick_suite_runs_every_section_with_finite_numbers_and_equal_computatio
 
 def test_recipe_trainer_and_our_path_train_on_identical_rows(shared_data, tmp_path):
     args, cfg, device = bench.parse_args(["--quick", "--data-dir", str(shared_data)])
-    ctx = bench.Context(args, cfg, device, tmp_path)
-    r = bench.Recipe(ctx)
+    ctx = common.Context(args, cfg, device, tmp_path)
+    r = recipe.Recipe(ctx)
     seen = {"ours": [], "ref": []}  # what each model's forward received
     r.ours_forward.register_forward_pre_hook(lambda m, a: seen["ours"].append(a))
     r.hf_model.register_forward_pre_hook(lambda m, a, kw: seen["ref"].append(kw), with_kwargs=True)
@@ -147,11 +148,11 @@ def run_llama_family(data_dir):
 def test_llama_family_rows_run_on_tiny_shapes_and_both_sides_compute_the_same(shared_data, smollm2_gguf):
     # smollm2_gguf: the trunk's rows are tokenized with the SmolLM2 GGUF's tokenizer (skipped where it cannot be had)
     res = run_llama_family(shared_data)
-    assert list(res["sections"]) == bench.FAMILIES["llama"] == ["llama-train", "llama-generate", "trunk"]
+    assert list(res["sections"]) == common.FAMILIES["llama"] == ["llama-train", "llama-generate", "trunk"]
     rows = res["rows"]
     assert not [r for r in rows if r["kind"] == "skipped"]
     checks = {r["section"]: r for r in rows if r["kind"] == "check"}
-    assert set(checks) == set(bench.FAMILIES["llama"]) and all(r["ok"] for r in checks.values()), checks
+    assert set(checks) == set(common.FAMILIES["llama"]) and all(r["ok"] for r in checks.values()), checks
     assert checks["llama-generate"]["value"] == 1.0 and checks["trunk"]["value"] <= 1e-5 and res["checks_ok"]
     timings = [r for r in rows if r["kind"] == "timing"]
     # 2 precisions x 3 rows, packed vs per-length bf16, and 2 bf16-vs-fp32 rows
@@ -177,13 +178,13 @@ def test_a_perturbed_reference_weight_fails_every_llama_parity_check(shared_data
             norm = model.model.norm if hasattr(model, "model") else model.norm
             norm.weight.mul_(1 + torch.rand(norm.weight.shape, generator=torch.Generator().manual_seed(0)))
         return model
-    pair, reference = bench.llama_pair, bench.trunk_reference
-    monkeypatch.setattr(bench, "llama_pair", lambda *a, **k: (lambda o, h: (o, perturbed(h)))(*pair(*a, **k)))
-    monkeypatch.setattr(bench, "trunk_reference", lambda ctx, ours: perturbed(reference(ctx, ours)))
+    pair, reference = llama_family.llama_pair, trunk.trunk_reference  # patched where the sections look them up
+    monkeypatch.setattr(llama_family, "llama_pair", lambda *a, **k: (lambda o, h: (o, perturbed(h)))(*pair(*a, **k)))
+    monkeypatch.setattr(trunk, "trunk_reference", lambda ctx, ours: perturbed(reference(ctx, ours)))
     res = run_llama_family(shared_data)
     checks = {r["section"]: r for r in res["rows"] if r["kind"] == "check"}
-    assert set(checks) == set(bench.FAMILIES["llama"]) and not any(r["ok"] for r in checks.values()), checks
+    assert set(checks) == set(common.FAMILIES["llama"]) and not any(r["ok"] for r in checks.values()), checks
     assert not res["checks_ok"]  # bench.py exits 1: its timings compare different computations
-    bench.print_suite(res)
+    common.print_suite(res)
     out = capsys.readouterr().out
     assert out.count("CHECK FAILED") == 4  # the three rows and the closing line

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import bench
-import bench_memory
-from losses import xent_loss
+from benchmarks import memory as bench_memory
+from benchmarks.common import SHAPES
+from benchmarks.llama_family import LLAMA_SHAPES
+from methods.losses import xent_loss
 from model import GPT, GPTConfig
 
 SHAPE = dict(n_layer=4, n_head=4, n_embd=64, vocab_size=256, block_size=64)
@@ -89,7 +91,7 @@ def test_memory_mode_prints_its_table_and_json(capsys):
     rows = res["memory"]["rows"]
     assert [(r["shape"], r["dtype"], r["grad_checkpoint"]) for r in rows] == [("tiny", "fp32", False),
                                                                              ("tiny", "fp32", True)]
-    n = GPT(GPTConfig(**bench.SHAPES["tiny"], n_classes=2)).num_params()
+    n = GPT(GPTConfig(**SHAPES["tiny"], n_classes=2)).num_params()
     assert all(r["Parameter"] == 4 * n for r in rows)
     out = capsys.readouterr().out
     assert "peak memory of one training step" in out and "Adam" in out
@@ -106,5 +108,5 @@ def test_the_7b_shape_has_llama_2_7bs_parameter_count():
     # 6,738,415,616: Llama-2-7B's published count (untied 32000 x 4096 embedding and LM head, 32 blocks of 4096-wide
     # attention and an 11008-wide SwiGLU), built on the meta device
     with torch.device("meta"):
-        model = bench_memory.classifier_of_shape(bench.LLAMA_SHAPES["llama2-7b"], False)
+        model = bench_memory.classifier_of_shape(LLAMA_SHAPES["llama2-7b"], False)
     assert model.num_params() - model.score.weight.numel() == 6_738_415_616
