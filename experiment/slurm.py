@@ -4,6 +4,8 @@ Every stage of an experiment as a SLURM job (w2s.py --launcher slurm), through s
     python w2s.py --sizes toy-xs,toy-s,toy-m,toy-l --chain toy-s,toy-m --launcher slurm
     python w2s.py --task safety --launcher slurm --slurm-partition gpu --slurm-gpus 1 --slurm-time 60 \\
         --slurm-student-partition a100 --slurm-student-mem 64G --slurm-student-time 600
+    python w2s.py --task safety --launcher slurm --slurm-account my-lab --slurm-qos high \\
+        --slurm-sbatch constraint=a100 exclusive          # any other sbatch option, KEY=VALUE or a bare KEY
 
 Each job runs its stage's command of --print-commands (with this interpreter, from this directory, OMP_NUM_THREADS
 set to its CPUs); its sbatch script, pickles and logs land in <stage>/slurm/ (<jobid>_0_log.out, <jobid>_0_log.err).
@@ -32,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.cli import UserError
 from experiment import evaluation
@@ -53,6 +55,10 @@ class SlurmConfig:
     slurm_student_cpus: int = 0  # their CPUs; 0 = --slurm-cpus
     slurm_student_mem: str = ""  # their memory; "" = --slurm-mem
     slurm_retries: int = 2      # times a failed, cancelled, timed-out or preempted job is resubmitted
+    slurm_account: str = ""     # account every job is charged to (sbatch --account); "" = your default account
+    slurm_qos: str = ""         # quality of service of every job (sbatch --qos); "" = your association's default
+    slurm_sbatch: list[str] = field(default_factory=list)  # other sbatch options of every job, each KEY=VALUE or a
+    # bare KEY (constraint=a100 exclusive): an "#SBATCH --KEY[=VALUE]" line of its script
 
 
 # sacct's states of a job that may still end well (UNKNOWN: just submitted, not in sacct yet); LocalJob's RUNNING
@@ -81,6 +87,7 @@ def check(cfg, base):
         if not ok:
             value = getattr(cfg, flag) if flag == "jobs" else getattr(s, flag)
             raise UserError(f"argument --{flag.replace('_', '-')}: {why} (got {value})")
+    sbatch_options(s.slurm_sbatch)  # refused here, in one line, not by sbatch at the first submission
     if s.slurm_gpus and base.device == "cpu":
         raise UserError("argument --slurm-gpus: the stages run with --device cpu and would not use the GPU; give 0")
     if s.slurm_gpus and base.device == "auto":  # the nodes' device, not this one's: experiment.json records it
@@ -115,19 +122,42 @@ def resources(stage, s):
             s.slurm_student_cpus or s.slurm_cpus, s.slurm_student_mem or s.slurm_mem)
 
 
-def slurm_executor(folder, stage, resources_, after):
+# sbatch options w2s.py sets itself: --slurm-sbatch may not give them (the flag of its own, where there is one)
+OWN_OPTIONS = {"job-name": "", "time": "--slurm-time", "cpus-per-task": "--slurm-cpus", "partition": "--slurm-partition",
+               "gpus-per-node": "--slurm-gpus", "mem": "--slurm-mem", "account": "--slurm-account",
+               "qos": "--slurm-qos", "dependency": "", "output": "", "error": "", "open-mode": "", "signal": ""}
+
+
+def sbatch_options(items):
+    """{key: value, or True for a bare key} of --slurm-sbatch's KEY=VALUE items (sbatch's long names, no dashes)."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", key) or (eq and not value):
+            raise UserError(f"argument --slurm-sbatch: {item!r} is not an sbatch option KEY=VALUE or KEY "
+                            "(sbatch's long name: constraint=a100, exclusive)")
+        if key.replace("_", "-") in OWN_OPTIONS:
+            own = OWN_OPTIONS[key.replace("_", "-")]
+            raise UserError(f"argument --slurm-sbatch: {key} is set by w2s.py" + (f"; give {own}" if own else ""))
+        options[key] = value if eq else True
+    return options
+
+
+def slurm_executor(folder, stage, resources_, after, s):
     import submitit
     partition, minutes, gpus, cpus, mem = resources_
     executor = submitit.SlurmExecutor(folder=folder)
+    extra = sbatch_options(s.slurm_sbatch) | ({"dependency": "afterok:" + ":".join(after)} if after else {})
     executor.update_parameters(
         job_name=f"w2s:{stage.path}", time=minutes, cpus_per_task=cpus, setup=[f"export OMP_NUM_THREADS={cpus}"],
         **({"partition": partition} if partition else {}), **({"gpus_per_node": gpus} if gpus else {}),
-        **({"mem": mem} if mem else {}),
-        **({"additional_parameters": {"dependency": "afterok:" + ":".join(after)}} if after else {}))
+        **({"mem": mem} if mem else {}), **({"account": s.slurm_account} if s.slurm_account else {}),
+        **({"qos": s.slurm_qos} if s.slurm_qos else {}), **({"additional_parameters": extra} if extra else {}))
     return executor
 
 
-def local_executor(folder, stage, resources_, after):
+def local_executor(folder, stage, resources_, after, s):
     import submitit
     assert not after, "the local executor has no dependencies: submit a stage once its inputs are done"
     _, minutes, gpus, cpus, _ = resources_
@@ -145,7 +175,7 @@ def submit(stage, out, s, after):
     import submitit
     from submitit.core.utils import FailedJobError
     make_executor, _ = BACKENDS[BACKEND]
-    executor = make_executor(out / stage.path / "slurm", stage, resources(stage, s), after)
+    executor = make_executor(out / stage.path / "slurm", stage, resources(stage, s), after, s)
     try:
         return executor.submit(submitit.helpers.CommandFunction(command(stage, out, python=sys.executable),
                                                                 cwd=os.getcwd()))

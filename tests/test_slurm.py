@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -98,7 +99,11 @@ def test_a_job_out_of_retries_stops_the_run_with_its_error_and_cancels_the_rest(
     (["--slurm-cpus", "0"], "argument --slurm-cpus: must be at least 1 (got 0)"),
     (["--slurm-student-mem", "lots"], "argument --slurm-student-mem: must be a size like 16G or 4000M (got lots)"),
     (["--jobs", "2"], "argument --jobs: is the local launcher's; SLURM runs every ready stage at once (got 2)"),
-    (["--slurm-gpus", "1", "--device", "cpu"], "argument --slurm-gpus: the stages run with --device cpu")])
+    (["--slurm-gpus", "1", "--device", "cpu"], "argument --slurm-gpus: the stages run with --device cpu"),
+    (["--slurm-sbatch", "time=10"], "argument --slurm-sbatch: time is set by w2s.py; give --slurm-time"),
+    (["--slurm-sbatch", "dependency=afterok:1"], "argument --slurm-sbatch: dependency is set by w2s.py"),
+    (["--slurm-sbatch", "constraint="], "argument --slurm-sbatch: 'constraint=' is not an sbatch option KEY=VALUE"),
+    (["--slurm-sbatch", "-x node1"], "argument --slurm-sbatch: '-x node1' is not an sbatch option KEY=VALUE")])
 def test_bad_slurm_values_are_refused_in_one_line(flags, error):
     with pytest.raises(UserError) as e:
         w2s.parse_args(["--launcher", "slurm"] + flags)
@@ -112,6 +117,21 @@ def test_with_a_gpu_per_job_device_auto_means_the_nodes_cuda_whatever_this_machi
     assert base.device == "cuda" and runtime.numerics(base) == {"device": "cuda", "dtype": "bf16"}
     _, base = w2s.parse_args(["--launcher", "slurm", "--print-commands"])
     assert base.device == "auto"
+
+
+def test_account_qos_and_other_sbatch_options_are_every_jobs_parameters(tmp_path):
+    pytest.importorskip("submitit")
+    cfg, _ = w2s.parse_args(["--launcher", "slurm", "--print-commands", "--slurm-account", "lab", "--slurm-qos", "high",
+                             "--slurm-sbatch", "constraint=a100", "exclusive", "mail-type=END,FAIL"])
+    for role in ("weak", "student"):
+        stage = types.SimpleNamespace(path=f"seed0/{role}", cfg=types.SimpleNamespace(role=role))
+        executor = slurm.slurm_executor(tmp_path, stage, slurm.resources(stage, cfg.slurm), ["11", "12"], cfg.slurm)
+        assert executor.parameters["account"] == "lab" and executor.parameters["qos"] == "high"
+        assert executor.parameters["additional_parameters"] == {
+            "constraint": "a100", "exclusive": True, "mail-type": "END,FAIL", "dependency": "afterok:11:12"}
+    plain, _ = w2s.parse_args(["--launcher", "slurm", "--print-commands"])
+    executor = slurm.slurm_executor(tmp_path, stage, slurm.resources(stage, plain.slurm), [], plain.slurm)
+    assert not {"account", "qos", "additional_parameters"} & set(executor.parameters)
 
 
 def test_without_sbatch_the_run_stops_in_one_line_before_it_makes_its_directory(tmp_path):
@@ -184,3 +204,27 @@ def test_a_rerun_after_the_submitting_process_died_takes_over_its_queued_jobs(tm
     assert without_paths(w2s.main(args)) == sweep_results
     printed = capsys.readouterr().out
     assert "of an earlier w2s.py" in printed and "[slurm] 8/8 done" in printed
+
+
+@pytest.mark.slow
+def test_account_qos_and_a_passed_through_option_reach_the_clusters_jobs(tmp_path, cluster, pair_results, monkeypatch):
+    """The jobs are charged to --slurm-account under --slurm-qos (as sacct records them), every job's script carries
+    the --slurm-sbatch options, and the numbers are the local run's."""
+    monkeypatch.setattr(slurm, "POLL_SECONDS", 0.5)
+    for command in (["add", "account", "w2slab"], ["add", "user", "root", "account=w2slab"]):
+        subprocess.run(["sacctmgr", "-i", *command], check=True, capture_output=True)
+    results = w2s.main(PAIR + ["--launcher", "slurm", "--slurm-account", "w2slab", "--slurm-qos", "normal",
+                               "--slurm-sbatch", "comment=w2s-test", "nice=5", "--out", str(tmp_path)])
+    assert without_paths(results) == pair_results
+    scripts = sorted(tmp_path.glob("seed0/*/slurm/*_submission.sh"))
+    assert len(scripts) == 3 and all({"#SBATCH --comment=w2s-test", "#SBATCH --nice=5", "#SBATCH --account=w2slab",
+                                      "#SBATCH --qos=normal"} <= set(p.read_text().splitlines()) for p in scripts)
+    ids = [p.name.split("_")[0] for p in scripts]
+    deadline = time.time() + 60
+    while True:  # sacct learns of a job seconds after it ends
+        rows = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Account,QOS", "-j", ",".join(ids)],
+                              capture_output=True, text=True).stdout.split()
+        if len(rows) == len(ids) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(rows) == sorted(f"{i}|w2slab|normal" for i in ids)
