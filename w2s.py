@@ -7,6 +7,8 @@ A whole weak-to-strong experiment in one command, resumable, into one run direct
     python w2s.py --task legal --data-dir ../shared/data --limit 200 --epochs 1
     python w2s.py --task toxicity                   # generation: gpt-1 -> gpt-2, continuations scored for toxicity
     python w2s.py --task burns                      # Burns et al.'s NLP tasks, one combined PGR table and plot
+    python w2s.py --task page --data-dir ../shared/data --train-layers 0 --seeds 0 1 2 3 4 5 6 7 8 9 \\
+        --page-file docs/results_page.md     # the results page: each task's depth sweep, its val-chosen pair
     python w2s.py --task safety --print-commands    # the train.py command of every stage, in dependency order
     python w2s.py --task safety --jobs 4            # independent stages in 4 worker processes (one GPU each)
     python w2s.py --task safety --launcher slurm --slurm-gpus 1  # every stage a SLURM job, in order (slurm.py)
@@ -43,18 +45,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from core import cli, hub
 from core.cli import UserError
 from data import TASKS
 from data import common as data_common
-from experiment import evaluation, report, slurm
+from experiment import evaluation, page, report, slurm
 from experiment.slurm import SlurmConfig
 from experiment.stages import (PER_STAGE, command, model_label, prompting_names, run_stage, select_of, stage_cfg,
                                stages_of_seed, student_names)
 from models import checkpoints
 from models.tokenizer import load_tokenizer
-from run import config, job, rundir, runtime, tracking
-from run.prompting import prompt_of
+from run import config, features, job, rundir, runtime, tracking
+from run.prompting import PROMPTS, prompt_of
 
 # the real pretrained pair a machine without the Hub can have, and the flags that make a CPU experiment minutes long
 OFFLINE_PAIR = f"--weak {config.PACKAGED_MODEL}@4 --strong {config.PACKAGED_MODEL}"
@@ -64,7 +68,8 @@ BURNS_TASKS = ("anthropic_hh", "cosmos_qa", "sciq", "boolq", "amazon_polarity")
 
 @dataclass
 class W2SConfig:
-    task: Literal[tuple(TASKS) + ("burns",)] = "toy"  # task; burns = Burns et al.'s NLP tasks, one combined table
+    task: Literal[tuple(TASKS) + ("burns", "page")] = "toy"  # task; burns = Burns et al.'s NLP tasks, one combined
+    # table; page = the results page: every --page-tasks task's depth sweep and its val-chosen pair (experiment/page.py)
     weak: str = ""              # weak model: Hub name, local dir, random:<shape> or toy-<size>; "" = the paper's
     strong: str = ""            # strong model, likewise; "" = the paper's
     ensemble: int = 5           # bootstrap members for the hard / soft vote students; 0 or 1 = no ensemble
@@ -74,6 +79,8 @@ class W2SConfig:
     students: str = "naive,logconf,hard,soft"  # comma-separated students (see STUDENTS in stages.py), or all
     n_boot: int = 1000          # bootstrap resamples for the PGR confidence intervals
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
+    page_tasks: str = ",".join(page.PAGE_TASKS)  # --task page: its tasks, each with page.TASK_SETTINGS' --max-length
+    page_file: str = ""         # --task page: where the page goes (its plots beside it); "" = OUT/page.md
     scorer: Literal["", "offline", "perspective"] = ""  # toxicity scorer; "" = perspective with a key, else offline
     jobs: int = 1               # stages run at once, each in its own worker process (one GPU each, round robin)
     launcher: Literal["local", "slurm"] = "local"  # local: stages in this process (or --jobs workers); slurm: each
@@ -249,7 +256,8 @@ def parse_args(argv=None):
     args = vars(parser.parse_args(argv))
     launch = SlurmConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(SlurmConfig)})
     cfg = W2SConfig(**{f.name: args.pop(f.name) for f in dataclasses.fields(W2SConfig) if f.name != "slurm"}, slurm=launch)
-    base = config.TrainConfig(task=cfg.task if cfg.task != "burns" else BURNS_TASKS[0], **args)
+    first = {"burns": BURNS_TASKS[0], "page": cfg.page_tasks.split(",")[0]}.get(cfg.task, cfg.task)
+    base = config.TrainConfig(task=first, **args)
     for flag, ok, why in [("ensemble", cfg.ensemble >= 0, "must be >= 0"), ("jobs", cfg.jobs >= 1, "must be at least 1"),
                           ("shots", cfg.shots >= 1, "must be at least 1 (zero-shot is --prompting zeroshot)"),
                           ("n_boot", cfg.n_boot >= 1, "must be at least 1"),
@@ -275,6 +283,8 @@ def main(argv=None):
     out = Path(cfg.out or f"runs/{cfg.task}")
     if cfg.task == "burns":
         return run_burns(cfg, base, out)
+    if cfg.task == "page":
+        return run_page(cfg, base, out, argv)
     return run_experiment(cfg, base, out)
 
 
@@ -435,6 +445,44 @@ def run_burns(cfg, base, out):
     written = [out / name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
     print(f"results: {', '.join(map(str, written))}", flush=True)
     return combined
+
+
+def run_page(cfg, base, out, argv):
+    """--task page: each --page-tasks task's depth sweep in OUT/<task>/sweep, the pair it picks on val in
+    OUT/<task>/<best|whole>, then the page (experiment/page.py), its page.json and a plot per task."""
+    tasks = [t for t in cfg.page_tasks.split(",") if t]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise UserError(f"argument --page-tasks: unknown {unknown or 'empty list'}; choose from {', '.join(TASKS)}")
+    students = ",".join(dict.fromkeys(["naive"] + [s for s in cfg.students.split(",") if s]))  # naive: the gap
+    sections = []
+    for task in tasks:
+        print(f"==== page task {task}", flush=True)
+        t_base = dataclasses.replace(base, task=task, **page.TASK_SETTINGS.get(task, {}))
+        t_cfg = dataclasses.replace(cfg, task=task, weak="", strong="", chain="")
+        sweep_cfg = dataclasses.replace(t_cfg, sizes=cfg.sizes or page.DEPTHS, students="naive", ensemble=0,
+                                        prompting="")
+        sweep = run_experiment(sweep_cfg, t_base, out / task / "sweep")
+        val = page.val_accuracies(out / task / "sweep", sweep)
+        labels = dict(zip(sweep["sweep"], sweep["config"]["models"]))  # a sweep's labels -> the specs they name
+        choice = page.choose_pair(val, sweep["sweep"])
+        prompting = cfg.prompting if task in PROMPTS else ""
+        pairs = {label: run_experiment(dataclasses.replace(t_cfg, sizes="", weak=labels[w], strong=labels[s],
+                                                           students=students, prompting=prompting),
+                                       t_base, out / task / label) for label, (w, s) in choice.items()}
+        sections.append(page.task_section(task, sweep, val, choice, pairs))
+    path = Path(cfg.page_file) if cfg.page_file else out / "page.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page_command = " ".join(["python w2s.py"] + list(sys.argv[1:] if argv is None else argv))
+    machine = features.cpu_kind() if runtime.run_device(base).type == "cpu" else torch.cuda.get_device_name()
+    for section in sections:
+        page.plot_sweep(section, path.parent / f"{section['task']}_sweep.png")
+    rundir.write_json(path.with_suffix(".json"), evaluation.json_safe({"command": page_command, "machine": machine,
+                                                                       "tasks": sections}))
+    cli.write_atomic(path, page.page_markdown(sections, page_command, machine).encode())
+    print(path.read_text())
+    print(f"page: {path}, {path.with_suffix('.json')}", flush=True)
+    return sections
 
 
 if __name__ == "__main__":
