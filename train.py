@@ -315,9 +315,10 @@ def validate(cfg, job, rt, raw_model, mixer, state, total_steps):
     rt.track.log(state.step, {"val/loss": val_loss})
     state.last_val_loss = val_loss
     if improved:
-        state.best = {"val_loss": val_loss, "step": state.step,  # only rank 0 predicts, so only it keeps weights
-                      "state": {k: v.detach().to("cpu", copy=True) for k, v in raw_model.state_dict().items()}
-                      if rt.master and cfg.select != "final" else None,
+        state.best = {"val_loss": val_loss, "step": state.step,  # only rank 0 predicts, so only it keeps weights;
+                      # the trained parameters only: a frozen one (LoRA's base, the blocks below K) never changes
+                      "state": {k: p.detach().to("cpu", copy=True) for k, p in raw_model.named_parameters()
+                                if p.requires_grad} if rt.master and cfg.select != "final" else None,
                       "member_weights": mixer.weights().tolist() if mixer is not None else None}
         state.evals_since_best = 0
     elif cfg.select != "final":
@@ -334,7 +335,7 @@ def loop_stats(cfg, job, raw_model, mixer, state):
         raise UserError("the run took no optimizer step: check --epochs, --max-steps and the training data")
     best = state.best
     if best["state"] is not None:
-        raw_model.load_state_dict(best["state"])
+        assert not raw_model.load_state_dict(best["state"], strict=False).unexpected_keys
     selected = best if cfg.select != "final" else {"val_loss": state.last_val_loss, "step": state.step}
     stats = {"best_step": selected["step"], "best_val_loss": selected["val_loss"], "select": cfg.select,
              "steps": state.step, "train_examples": len(job.train_x), "padding_fraction": state.padding_fraction}

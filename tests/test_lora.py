@@ -1,6 +1,7 @@
 """LoRA (lora.py) on every model family: exactly the base model before the first step, gradients only in the adapters
 and the head, merged weights equal to the adapters, adapters saved alone and reloaded, one-line errors for bad
 settings; and train.py with --lora-rank end to end on the toy task."""
+import itertools
 import json
 import types
 
@@ -211,3 +212,35 @@ def test_train_py_with_lora_trains_only_adapters_and_head_and_saves_either_check
     done, why = rundir.stage_status(tmp_path / "adapters", config.comparable(train.parse_args(
         args + ["--lora-rank", "8", "--lora-save", "adapters"])), inputs)
     assert not done and "lora_rank" in why
+
+
+def test_the_best_evaluation_keeps_only_the_trained_parameters_and_restores_them_exactly(tmp_path, save_tiny_gpt,
+                                                                                          monkeypatch):
+    """--select best keeps a copy of the weights at the best evaluation: under LoRA only the adapters and the head
+    (the frozen base never changes), and the run ends with every parameter as it was at that evaluation."""
+    source = save_tiny_gpt(tmp_path / "pretrained", 2, 32)
+    losses, seen, kept = itertools.chain([1.0, 0.5], itertools.repeat(0.9)), [], {}
+    real_validate, real_finish = train.validate, train.finish
+
+    def scripted_loss(model, *a, **k):  # the second evaluation is the best
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return next(losses)
+
+    def validate(cfg, job, rt, raw_model, mixer, state, total_steps):
+        stop = real_validate(cfg, job, rt, raw_model, mixer, state, total_steps)
+        kept.update(state.best["state"] or {})
+        return stop
+
+    def finish(cfg, job, rt, model, *a):
+        kept["final"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return real_finish(cfg, job, rt, model, *a)
+    monkeypatch.setattr(train, "evaluate_loss", scripted_loss)
+    monkeypatch.setattr(train, "validate", validate)
+    monkeypatch.setattr(train, "finish", finish)
+    train.run(train.parse_args(["--task", "toy", "--role", "ceiling", "--model", source, "--limit", "60",
+                                "--epochs", "2", "--batch-size", "8", "--evals-per-epoch", "3", "--patience", "10", "--lr", "1e-2",
+                                "--lora-rank", "4", "--quiet", "--out", str(tmp_path / "run")]))
+    final = kept.pop("final")
+    assert len(seen) >= 4 and kept and all("lora_" in n or n.startswith("score") for n in kept)
+    assert all(torch.equal(final[n], seen[1][n]) for n in final)  # every parameter as at the best evaluation
+    assert any(not torch.equal(seen[1][n], seen[-1][n]) for n in kept)  # and not as at the last one
