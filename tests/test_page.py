@@ -33,6 +33,10 @@ def test_the_page_runs_end_to_end_on_a_toy_shape_and_a_rerun_prints_the_same_pag
     assert list(rows) == ["weak", "student_naive", "student_logconf", "ceiling"]  # naive is always there: the gap
     assert set(rows["student_logconf"]["seeds"]) == {"0", "1"} and "ci95" in rows["weak"]["seeds"]["0"]
     assert rows["student_logconf"]["beats_naive"][1] == 2
+    mean = {name: np.mean([s["accuracy"] for s in r["seeds"].values()]) for name, r in rows.items()}
+    gap = mean["ceiling"] - mean["weak"]
+    assert rows["student_naive"]["pgr_of_means"] == (pytest.approx((mean["student_naive"] - mean["weak"]) / gap)
+                                                     if gap > 0 else None)
     assert "| student_logconf | weak |" in text and "## toy" in text and (out / "toy" / "sweep" / "seed1").is_dir()
     w2s.main(PAGE + ["--out", str(out)])  # every stage found done: the same numbers, the same page
     assert (out / "page.md").read_text() == text
