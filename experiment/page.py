@@ -205,7 +205,11 @@ def page_markdown(sections, command, machine):
              "ceiling is not clearly above its supervisor (paired bootstrap), so the PGR column averages the seeds "
              "with a clear gap, a choice made on test that leans high; PGR of the means, (student - supervisor) / "
              "(ceiling - supervisor) of the mean accuracies over every seed, makes no such choice. Beats naive: "
-             "seeds on which the student's test accuracy is above the naive student's.", ""]
+             "seeds on which the student's test accuracy is above the naive student's.", "",
+             "Not on this page yet: full fine-tuning under the paper's protocol (3 epochs, lr 5e-5, batch 16, early "
+             "stopping on val) for safety and legal, which waits for a GPU (none was lent to the sessions that built "
+             "it), and the weak supervisors other than a shallower depth (a from-scratch small model, a probe on few "
+             "gold rows, a bag-of-words classifier).", ""]
     for section in sections:
         lines += task_markdown(section, f"{section['task']}_sweep.png")
     return "\n".join(lines).rstrip() + "\n"
