@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from core import cli, hub
 from core.cli import UserError
 from data import TASKS
@@ -474,7 +472,7 @@ def run_page(cfg, base, out, argv):
     path = Path(cfg.page_file) if cfg.page_file else out / "page.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     page_command = " ".join(["python w2s.py"] + list(sys.argv[1:] if argv is None else argv))
-    machine = features.cpu_kind() if runtime.run_device(base).type == "cpu" else torch.cuda.get_device_name()
+    machine = features.hardware_kind(runtime.numerics(base))  # what the feature store is keyed by too
     for section in sections:
         page.plot_sweep(section, path.parent / f"{section['task']}_sweep.png")
     rundir.write_json(path.with_suffix(".json"), evaluation.json_safe({"command": page_command, "machine": machine,
