@@ -183,16 +183,33 @@ def scancel_when_running(job_name, killed, timeout=120):
 @pytest.mark.slow
 def test_a_sweep_with_a_chain_on_slurm_gives_the_jobs_1_results_with_a_job_scancelled_mid_run(
         tmp_path, cluster, sweep_results, monkeypatch, capsys):
+    """Also: the jobs are charged to --slurm-account under --slurm-qos (as sacct records them), and every job's script
+    carries the --slurm-sbatch options."""
     monkeypatch.setattr(slurm, "POLL_SECONDS", 0.5)
+    for command in (["add", "account", "w2slab"], ["add", "user", "root", "account=w2slab"]):
+        subprocess.run(["sacctmgr", "-i", *command], check=True, capture_output=True)
     victim, killed = "seed0/random-1x16__random-1x32/student_naive", []  # the chain's first step: two stages wait on it
     killer = threading.Thread(target=scancel_when_running, args=(f"w2s:{victim}", killed))
     killer.start()
-    results = w2s.main(SWEEP + ["--launcher", "slurm", "--out", str(tmp_path)])
+    results = w2s.main(SWEEP + ["--launcher", "slurm", "--slurm-account", "w2slab", "--slurm-qos", "normal",
+                                "--slurm-sbatch", "comment=w2s-test", "nice=5", "--out", str(tmp_path)])
     killer.join()
     assert without_paths(results) == sweep_results
     printed = capsys.readouterr().out
     assert killed and f"[slurm] {victim}: job {killed[0]} cancelled; resubmitting (1 of 2)" in printed
     assert re.search(r"\[slurm\] submitted seed0/chain/2_random-2x32: job \d+ \(after \d+\)", printed)  # afterok
+    scripts = sorted(tmp_path.glob("seed0/**/slurm/*_submission.sh"))
+    assert len(scripts) >= 9 and all({"#SBATCH --comment=w2s-test", "#SBATCH --nice=5", "#SBATCH --account=w2slab",
+                                      "#SBATCH --qos=normal"} <= set(p.read_text().splitlines()) for p in scripts)
+    ids = [p.name.split("_")[0] for p in scripts]
+    deadline = time.time() + 60
+    while True:  # sacct learns of a job seconds after it ends
+        rows = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Account,QOS", "-j", ",".join(ids)],
+                              capture_output=True, text=True).stdout.split()
+        if len(rows) == len(ids) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(rows) == sorted(f"{i}|w2slab|normal" for i in ids)
 
 
 @pytest.mark.slow
@@ -204,27 +221,3 @@ def test_a_rerun_after_the_submitting_process_died_takes_over_its_queued_jobs(tm
     assert without_paths(w2s.main(args)) == sweep_results
     printed = capsys.readouterr().out
     assert "of an earlier w2s.py" in printed and "[slurm] 8/8 done" in printed
-
-
-@pytest.mark.slow
-def test_account_qos_and_a_passed_through_option_reach_the_clusters_jobs(tmp_path, cluster, pair_results, monkeypatch):
-    """The jobs are charged to --slurm-account under --slurm-qos (as sacct records them), every job's script carries
-    the --slurm-sbatch options, and the numbers are the local run's."""
-    monkeypatch.setattr(slurm, "POLL_SECONDS", 0.5)
-    for command in (["add", "account", "w2slab"], ["add", "user", "root", "account=w2slab"]):
-        subprocess.run(["sacctmgr", "-i", *command], check=True, capture_output=True)
-    results = w2s.main(PAIR + ["--launcher", "slurm", "--slurm-account", "w2slab", "--slurm-qos", "normal",
-                               "--slurm-sbatch", "comment=w2s-test", "nice=5", "--out", str(tmp_path)])
-    assert without_paths(results) == pair_results
-    scripts = sorted(tmp_path.glob("seed0/*/slurm/*_submission.sh"))
-    assert len(scripts) == 3 and all({"#SBATCH --comment=w2s-test", "#SBATCH --nice=5", "#SBATCH --account=w2slab",
-                                      "#SBATCH --qos=normal"} <= set(p.read_text().splitlines()) for p in scripts)
-    ids = [p.name.split("_")[0] for p in scripts]
-    deadline = time.time() + 60
-    while True:  # sacct learns of a job seconds after it ends
-        rows = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Account,QOS", "-j", ",".join(ids)],
-                              capture_output=True, text=True).stdout.split()
-        if len(rows) == len(ids) or time.time() > deadline:
-            break
-        time.sleep(1)
-    assert sorted(rows) == sorted(f"{i}|w2slab|normal" for i in ids)
