@@ -167,7 +167,10 @@ def test_llama_family_rows_run_on_tiny_shapes_and_both_sides_compute_the_same(sh
     bf16 = next(r for r in rows if r["section"] == "trunk" and r["kind"] == "value")
     assert 0 < bf16["ours"] < 0.1 and 0 < bf16["ref"] < 0.1  # bf16 moves the features, but not far
     packed = next(r for r in rows if r["measure"].startswith("bf16: features max |packed"))
-    assert 0 <= packed["ours"] <= 1e-3  # packed bf16 weights: autocast's numbers to rounding
+    # packed bf16 weights: autocast's numbers to bf16's own rounding (a mistake in the packing, a text attending to
+    # another, moves them by O(1)); the rounding depends on the kernels: 3.2e-3 on an Intel Xeon with AMX, under its
+    # bf16-vs-fp32 7.2e-3, below 1e-3 on an AMD EPYC (2026-12-07)
+    assert 0 <= packed["ours"] <= bf16["ours"]
     shares = [v for r in rows if "matmul rate" in r["measure"] for v in (r["ours"], r["ref"])]
     assert len(shares) == 4 and all(0 < v < 2 for v in shares)
 
