@@ -79,6 +79,7 @@ class W2SConfig:
     burns_tasks: str = ",".join(BURNS_TASKS)  # --task burns: which of Burns et al.'s tasks to run
     page_tasks: str = ",".join(page.PAGE_TASKS)  # --task page: its tasks, each with page.TASK_SETTINGS' --max-length
     page_file: str = ""         # --task page: where the page goes (its plots beside it); "" = OUT/page.md
+    page_limits: str = ""       # --task page: comma-separated TASK=N, that task's --limit (the others keep --limit)
     scorer: Literal["", "offline", "perspective"] = ""  # toxicity scorer; "" = perspective with a key, else offline
     jobs: int = 1               # stages run at once, each in its own worker process (one GPU each, round robin)
     launcher: Literal["local", "slurm"] = "local"  # local: stages in this process (or --jobs workers); slurm: each
@@ -445,6 +446,18 @@ def run_burns(cfg, base, out):
     return combined
 
 
+def page_limits(text, tasks):
+    """--page-limits "legal=300,cosmos_qa=500" -> {"legal": 300, "cosmos_qa": 500}, each a task of the page."""
+    limits = {}
+    for item in (i for i in text.split(",") if i):
+        task, _, n = item.partition("=")
+        if task not in tasks or not n.isdigit() or int(n) < 2 or task in limits:
+            raise UserError(f"argument --page-limits: {item!r} is not TASK=N with TASK one of --page-tasks "
+                            f"({', '.join(tasks)}), once each, and N at least 2")
+        limits[task] = int(n)
+    return limits
+
+
 def run_page(cfg, base, out, argv):
     """--task page: each --page-tasks task's depth sweep in OUT/<task>/sweep, the pair it picks on val in
     OUT/<task>/<best|whole>, then the page (experiment/page.py), its page.json and a plot per task."""
@@ -452,11 +465,13 @@ def run_page(cfg, base, out, argv):
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise UserError(f"argument --page-tasks: unknown {unknown or 'empty list'}; choose from {', '.join(TASKS)}")
+    limits = page_limits(cfg.page_limits, tasks)
     students = ",".join(dict.fromkeys(["naive"] + [s for s in cfg.students.split(",") if s]))  # naive: the gap
     sections = []
     for task in tasks:
         print(f"==== page task {task}", flush=True)
-        t_base = dataclasses.replace(base, task=task, **page.TASK_SETTINGS.get(task, {}))
+        t_base = dataclasses.replace(base, task=task, **page.TASK_SETTINGS.get(task, {}),
+                                     **({"limit": limits[task]} if task in limits else {}))
         t_cfg = dataclasses.replace(cfg, task=task, weak="", strong="", chain="")
         sweep_cfg = dataclasses.replace(t_cfg, sizes=cfg.sizes or page.DEPTHS, students="naive", ensemble=0,
                                         prompting="")

@@ -14,10 +14,11 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.common import check_row, exact_fp32, skipped_row, timing_row, transformers, value_row
 from data import load_task
-from models import checkpoints
+from models import checkpoints, llama
 from models.llama import Llama
 from models.tokenizer import load_tokenizer
 from run import features
@@ -94,6 +95,28 @@ def matmul_runs(device):
     return {f"matmul {p}": run(torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
 
 
+def linear_runs(ours, seqs, device):
+    """{"linears bf16": fn}: the packed bf16 trunk's matmuls alone (its frozen weights, features.packs' row counts, on
+    random inputs), the rate its own shapes allow on this machine; {} where the trunk is not packed."""
+    if device.type != "cpu" or not isinstance(ours, Llama):
+        return {}
+    c, weights = ours.config, llama.frozen_weights(ours, ours.config.n_layer, torch.bfloat16)
+    xs = [torch.randn(sum(len(seqs[i]) for i in pack), c.n_embd).to(torch.bfloat16) for pack in features.packs(seqs)]
+
+    def run():
+        for x in xs:
+            for qkv_w, _, o_w, _, gate_up_w, down_w in weights:
+                F.linear(x, qkv_w), F.linear(x, o_w), F.linear(F.linear(x, gate_up_w)[:, :c.intermediate_size], down_w)
+    return {"linears bf16": run}
+
+
+def linear_flops(config, seqs):
+    """Forward FLOPs of the trunk's matmuls with weights (2 per weight and token), attention's q.k and a.v left out."""
+    c = config
+    return 2 * c.n_layer * sum(map(len, seqs)) * c.n_embd * (
+        (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_head * c.head_dim + 3 * c.intermediate_size)
+
+
 def trunk_flops(config, seqs):
     """Forward FLOPs of the trunk over `seqs`: 2 per weight of every block's matmuls and token, plus causal attention's
     q.k and attention.v (2 * 2 * head_dim * n_head per query and key it sees: L(L+1)/2 pairs in a text of L)."""
@@ -138,7 +161,8 @@ def section_trunk(ctx):
     fns, n_groups = trunk_runs(ours, hf, seqs, tok.pad_token, dev)
     fns = {p: {k: fn for k, fn in fns.items() if k != "ours per-length" or p == "bf16"} for p in PRECISIONS}
     out = {f"{k} {p}": in_precision(fn, p, dev, exact=True)() for p in PRECISIONS for k, fn in fns[p].items()}
-    runs = {f"{k} {p}": in_precision(fn, p, dev) for p in PRECISIONS for k, fn in fns[p].items()} | matmul_runs(dev)
+    runs = ({f"{k} {p}": in_precision(fn, p, dev) for p in PRECISIONS for k, fn in fns[p].items()} | matmul_runs(dev)
+            | linear_runs(ours, seqs, dev))
     for run in runs.values():  # warm-up (on CUDA: TF32 on, as the timed runs)
         run()
     t = ctx.time(runs)
@@ -183,6 +207,14 @@ def trunk_speed_rows(S, c, ours, seqs, t, n_groups, dev):
                             t[f"ref padded {p}"], work=tokens, unit="tokens/s")]
     rows.append(timing_row(S, "bf16, ours packed | ref column: ours per length under autocast",
                            t["ours by-length bf16"], t["ours per-length bf16"], work=tokens, unit="tokens/s"))
+    if "linears bf16" in t:  # the limit the trunk's own shapes set: its matmuls alone
+        rate = linear_flops(ours.config, seqs) / t["linears bf16"]["median"]
+        rows += [value_row(S, f"bf16: the packed trunk's matmuls alone, at its own shapes ({rate / 1e9:,.0f} GFLOP/s): "
+                              f"share of the {MATMUL}^3 rate", rate / matmul["bf16"], None,
+                           note="the rate the trunk's row counts and widths allow on this machine"),
+                 value_row(S, "bf16, ours packed: share of its time in those matmuls",
+                           t["linears bf16"]["median"] / t["ours by-length bf16"]["median"], None,
+                           note="the rest: attention, norms, rotary, copies and the Python between them")]
     return rows + [timing_row(S, "ours by length: bf16 | ref column: ours fp32", t["ours by-length bf16"],
                               t["ours by-length fp32"], work=tokens, unit="tokens/s"),
                    timing_row(S, "transformers padded: bf16 | ref column: transformers fp32", t["ref padded bf16"],

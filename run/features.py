@@ -132,20 +132,24 @@ def packed(model, device):
     return model if bf16 and isinstance(model, Llama) else None
 
 
+def packs(seqs):
+    """The indices of `seqs` in packs of at most TOKENS tokens (a longer text alone), shortest texts first."""
+    out, tokens = [], TOKENS
+    for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):
+        if tokens + len(seqs[i]) > TOKENS:
+            out.append([])
+            tokens = 0
+        out[-1].append(i)
+        tokens += len(seqs[i])
+    return out
+
+
 def packed_rows(model, llama, seqs, k, every_depth, bar):
     """bottom_rows through llama.packed_trunk: texts sorted by length, packed up to TOKENS tokens a pass (a longer
     text alone); a text's outputs then depend on its pack in the last bits only (tests/test_features.py)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    packs, tokens = [], TOKENS
-    for i in order:
-        if tokens + len(seqs[i]) > TOKENS:
-            packs.append([])
-            tokens = 0
-        packs[-1].append(i)
-        tokens += len(seqs[i])
     n = model.config.n_layer
     out = [[None] * len(seqs) for _ in range(n if every_depth else 1)]
-    for pack in packs:
+    for pack in packs(seqs):
         got = packed_trunk(llama, [seqs[i] for i in pack], n - k, every_depth=every_depth)
         if not k and not every_depth:
             got = [llama.norm(h[-1]) for h in got]

@@ -173,6 +173,9 @@ def test_llama_family_rows_run_on_tiny_shapes_and_both_sides_compute_the_same(sh
     assert 0 <= packed["ours"] <= bf16["ours"]
     shares = [v for r in rows if "matmul rate" in r["measure"] for v in (r["ours"], r["ref"])]
     assert len(shares) == 4 and all(0 < v < 2 for v in shares)
+    # the limit of the trunk's own shapes: its matmuls alone, a share of the large matmul's rate and of its pass
+    alone = [r["ours"] for r in rows if "matmuls alone" in r["measure"] or "time in those matmuls" in r["measure"]]
+    assert len(alone) == 2 and all(0 < v < 2 for v in alone), alone
 
 
 def test_a_perturbed_reference_weight_fails_every_llama_parity_check(shared_data, smollm2_gguf, monkeypatch, capsys):

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import w2s
+from core import cli
 from experiment import page
 
-PAGE = ["--task", "page", "--page-tasks", "toy", "--sizes", "random:1x16,random:1x32", "--limit", "40", "--epochs", "1",
+PAGE = ["--task", "page", "--page-tasks", "toy", "--sizes", "random:1x16,random:1x32", "--limit", "80",
+        "--page-limits", "toy=40", "--epochs", "1",
         "--seeds", "0", "1", "--ensemble", "0", "--students", "logconf", "--n-boot", "50", "--lr", "1e-3", "--quiet"]
 
 
@@ -37,9 +39,18 @@ def test_the_page_runs_end_to_end_on_a_toy_shape_and_a_rerun_prints_the_same_pag
     gap = mean["ceiling"] - mean["weak"]
     assert rows["student_naive"]["pgr_of_means"] == (pytest.approx((mean["student_naive"] - mean["weak"]) / gap)
                                                      if gap > 0 else None)
+    assert section["n_test"] == 40  # --page-limits' toy=40, not --limit's 80
     assert "| student_logconf | weak |" in text and "## toy" in text and (out / "toy" / "sweep" / "seed1").is_dir()
     w2s.main(PAGE + ["--out", str(out)])  # every stage found done: the same numbers, the same page
     assert (out / "page.md").read_text() == text
+
+
+@pytest.mark.parametrize("text", ["toy=1", "toy=x", "safety=40", "toy=40,toy=50", "toy"])
+def test_a_bad_page_limit_ends_in_one_line(text, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main_guard(lambda: w2s.main(["--task", "page", "--page-tasks", "toy", "--page-limits", text]))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: argument --page-limits: {text.split(',')[-1]!r}")
 
 
 def t_quantile_by_integration(df, p=0.975):
