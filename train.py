@@ -36,15 +36,14 @@ from core.cli import UserError
 from methods import labels
 from methods.losses import LOSSES, aux_coef
 from models import checkpoints, lora
-from run import config, ensemble, features, probe_stage, rundir, tracking
+from run import config, ensemble, features, predict, probe_stage, rundir, tracking
 from run.batching import bucketed_batches, collate, lm_targets
 from run.config import TrainConfig, check_config, comparable, default_out, run_seed
 from run.generation import supervisor_predictions
 from run.job import prepare
 from run.optim import make_optimizer, optimizer_step
-from run import predict
 from run.predict import evaluate_loss, predict_splits
-from run.runtime import broadcast_float, cpu_threads, setup_runtime, wrap_model
+from run.runtime import broadcast_float, cpu_threads, numerics, setup_runtime, wrap_model
 from run.students import lm_warm_start, selective_targets
 from scoring.metrics import metrics
 
@@ -111,14 +110,16 @@ def train_and_save(cfg, job, rt, out):
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("score")
     if cfg.lora_rank:
-        lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha,
+                      torch.bfloat16 if numerics(cfg)["dtype"] == "bf16" else None)
     model.to(rt.device)
     rt.log(f"task {job.task.name} ({job.task.kind}) role {cfg.role} model {cfg.model or job.model_source} "
            f"({model.num_params():,} parameters{f', its first {job.depth} blocks used' if on_top and job.depth else ''}) "
            f"train {len(job.train_x)} val {len(job.val_x)}")
     if cfg.lora_rank:
         rt.log(f"LoRA rank {cfg.lora_rank} alpha {cfg.lora_alpha} on {len(lora.lora_layers(model))} projections: "
-               f"training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters")
+               f"training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters, the frozen "
+               f"projections held in {str(lora.lora_layers(model)[0][2].weight.dtype).removeprefix('torch.')}")
     t0, extra = time.time(), {}
     fitted = on_top and config.fitted_probe(cfg)
     if on_top:

@@ -46,14 +46,15 @@ def trainer(forward, model, autocast):
     return step
 
 
-def classifier_of_shape(shape, grad_checkpoint, lora_rank=0):
+def classifier_of_shape(shape, grad_checkpoint, lora_rank=0, dtype="fp32"):
     """A random-init 2-class classifier of a GPT-2 (SHAPES) or Llama (LLAMA_SHAPES) shape's config fields, with
-    train.py's LoRA adapters of `lora_rank` (0: none, every parameter trains)."""
+    train.py's LoRA adapters of `lora_rank` (0: none, every parameter trains; in bf16 their frozen base in bf16)."""
     if "n_kv_head" in shape:
         model = Llama(LlamaConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
     else:
         model = GPT(GPTConfig(**shape, n_classes=2, grad_checkpoint=grad_checkpoint))
-    return lora.add_lora(model, lora_rank, TrainConfig.lora_alpha) if lora_rank else model
+    frozen = torch.bfloat16 if dtype == "bf16" else None  # as train.py under --dtype bf16
+    return lora.add_lora(model, lora_rank, TrainConfig.lora_alpha, frozen) if lora_rank else model
 
 
 class AssumeValid(TorchDispatchMode):
@@ -98,7 +99,7 @@ def step_memory(shape, batch_size, seq_len, grad_checkpoint, dtype, device, fake
     autocast = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
     with (FakeTensorMode() if fake else contextlib.nullcontext()), torch.device(device), \
             (AssumeValid() if fake else contextlib.nullcontext()):
-        model = classifier_of_shape(shape, grad_checkpoint, lora_rank)
+        model = classifier_of_shape(shape, grad_checkpoint, lora_rank, dtype)
         step = trainer(Classifier(model), model, autocast)
         idx = torch.randint(0, model.config.vocab_size, (batch_size, seq_len))
         mask = torch.ones_like(idx)

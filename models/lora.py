@@ -36,12 +36,16 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapters.safetensors"
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trained low-rank update, its weight and bias kept under their own names."""
 
-    def __init__(self, linear, rank, alpha):
+    def __init__(self, linear, rank, alpha, frozen_dtype=None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias
+        if frozen_dtype is not None:  # bf16 autocast rounds them so at every call: held so once, half the memory
+            self.weight = nn.Parameter(linear.weight.detach().to(frozen_dtype), requires_grad=False)
+            self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(frozen_dtype),
+                                                                       requires_grad=False)
         self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
-        like = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        like = dict(device=linear.weight.device, dtype=linear.weight.dtype)  # the adapters train in the model's dtype
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **like))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as peft
@@ -59,9 +63,12 @@ def lora_layers(model):
             if isinstance(child, LoRALinear)]
 
 
-def add_lora(model, rank, alpha):
+def add_lora(model, rank, alpha, frozen_dtype=None):
     """Freeze `model` (either family) and wrap every target projection of its blocks in a LoRALinear of this rank;
-    the classification head, when there is one, trains in full. Returns the model."""
+    the classification head, when there is one, trains in full. Returns the model. frozen_dtype (train.py: bfloat16
+    under --dtype bf16, whose autocast runs every projection on bf16 weights): the wrapped projections' frozen
+    weights and biases held in it, so the forward and the step are the same to the bit and those weights take half
+    the memory (a merged checkpoint then holds their bf16 values plus the update)."""
     if not (isinstance(rank, int) and rank >= 1):
         raise UserError(f"LoRA rank must be a whole number >= 1 (got {rank})")
     if not alpha > 0:
@@ -79,7 +86,7 @@ def add_lora(model, rank, alpha):
         raise UserError(f"argument --lora-rank: {rank} is more than {narrowest}, the narrowest projection's width "
                         "(a higher rank adds nothing)")
     for parent, name, child in targets:
-        setattr(parent, name, LoRALinear(child, rank, alpha))
+        setattr(parent, name, LoRALinear(child, rank, alpha, frozen_dtype))
     if model.score is not None:
         model.score.weight.requires_grad = True
     return model
@@ -87,13 +94,19 @@ def add_lora(model, rank, alpha):
 
 @torch.no_grad()
 def merge(model):
-    """Fold every adapter into its weight, W + (alpha / R) B A (in float32, then the weight's dtype), and put plain
-    nn.Linear layers back: the model is then its family's own, and saves as a standard checkpoint. In place."""
+    """Fold every adapter into its weight, W + (alpha / R) B A (in float32, then the adapters' dtype, the model's own:
+    a base held in bf16 comes back in it), and put plain nn.Linear layers back: the model is then its family's own,
+    and saves as a standard checkpoint. In place."""
     for parent, name, layer in lora_layers(model):
+        dtype = layer.lora_A.dtype
         delta = (layer.lora_B.float() @ layer.lora_A.float()) * layer.scale
-        layer.weight += delta.to(layer.weight.dtype)
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-        linear.weight, linear.bias = layer.weight, layer.bias
+        if layer.weight.dtype == dtype:
+            layer.weight += delta.to(dtype)
+            linear.weight, linear.bias = layer.weight, layer.bias
+        else:
+            linear.weight = nn.Parameter((layer.weight.float() + delta).to(dtype), requires_grad=False)
+            linear.bias = None if layer.bias is None else nn.Parameter(layer.bias.to(dtype), requires_grad=False)
         setattr(parent, name, linear)
     return model
 

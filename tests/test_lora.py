@@ -107,6 +107,32 @@ def test_merged_weights_equal_the_adapters_after_training_and_save_as_a_standard
         torch.testing.assert_close(reloaded.classify(idx, mask), merged, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "qwen3"])
+def test_a_frozen_base_held_in_bf16_takes_the_fp32_base_steps_under_autocast_to_the_bit(family):
+    """train.py under --dtype bf16: autocast runs every projection on bf16-rounded weights, so holding the frozen ones
+    in bf16 (add_lora's frozen_dtype) changes no logit and no step, and halves those weights' bytes."""
+    models = []
+    for frozen in (None, torch.bfloat16):
+        torch.manual_seed(3)  # the adapters' A draws alike
+        model = lora.add_lora(base_model(family), 4, 8.0, frozen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            models.append(trained(model.train()))
+    fp32, bf16 = models
+    idx, mask = batch(seed=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fp32.classify(idx, mask), bf16.classify(idx, mask))
+    for (name, a), (_, b) in zip(fp32.named_parameters(), bf16.named_parameters()):
+        assert torch.equal(a.to(b.dtype), b) and (b.dtype == torch.bfloat16) == (
+            "lora_" not in name and any(f".{t}." in name for t in lora.TARGETS)), name
+    frozen_bytes = [sum(layer.weight.nbytes for _, _, layer in lora.lora_layers(m)) for m in models]
+    assert frozen_bytes[1] * 2 == frozen_bytes[0]
+    # merged: the bf16-held weights plus the update, back in the model's fp32
+    merged = lora.merge(bf16)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(merged.classify(idx, mask), fp32.classify(idx, mask), rtol=0, atol=0.05)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_adapters_saved_alone_and_reloaded_reproduce_the_logits(family, tmp_path):
     base_dir = tmp_path / "base"
@@ -212,6 +238,24 @@ def test_train_py_with_lora_trains_only_adapters_and_head_and_saves_either_check
     done, why = rundir.stage_status(tmp_path / "adapters", config.comparable(train.parse_args(
         args + ["--lora-rank", "8", "--lora-save", "adapters"])), inputs)
     assert not done and "lora_rank" in why
+
+
+def test_train_py_with_lora_under_bf16_holds_the_base_in_bf16_and_its_adapters_predict_what_the_run_did(
+        tmp_path, save_tiny_gpt):
+    source = save_tiny_gpt(tmp_path / "pretrained", 2, 32)
+    args = ["--task", "toy", "--role", "ceiling", "--model", source, "--limit", "60", "--epochs", "1", "--batch-size",
+            "16", "--lr", "1e-2", "--lora-rank", "4", "--dtype", "bf16", "--save-checkpoint", "--quiet"]
+    train.run(train.parse_args(args + ["--out", str(tmp_path / "merged")]))
+    train.run(train.parse_args(args + ["--out", str(tmp_path / "adapters"), "--lora-save", "adapters"]))
+    assert "the frozen projections held in bfloat16" in (tmp_path / "adapters" / "log.txt").read_text()
+    merged = checkpoints.load(tmp_path / "merged" / "ckpt", n_classes=2)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}  # back in the model's own dtype
+    # the reloaded adapters sit on the fp32 base, which autocast rounds as the run's bf16-held base: the same bits
+    cfg = train.parse_args(args)
+    job = prepare(cfg)
+    model = checkpoints.load(tmp_path / "adapters" / "ckpt").eval()
+    probs = predict_probs(model, job.tok, job.task.splits["test"], setup_runtime(cfg), 16, cfg.max_length)
+    assert probs.round(6).tolist() == json.loads((tmp_path / "adapters" / "predictions.json").read_text())["test"]["probs"]
 
 
 def test_the_best_evaluation_keeps_only_the_trained_parameters_and_restores_them_exactly(tmp_path, save_tiny_gpt,
