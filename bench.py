@@ -194,6 +194,9 @@ def parse_args(argv=None):
         raise UserError("bench.py measures against transformers, which is not installed: pip install -e '.[bench]'")
     cfg = dict(DEFAULTS["quick" if args.quick else args.device])
     cfg.update({k: v for k, v in vars(args).items() if k in cfg and v is not None})
+    if not args.memory and "rtp" in family_sections(args) and cfg["max_length"] <= cfg["rtp_new_tokens"]:
+        raise UserError(f"argument --max-length: {cfg['max_length']} leaves no room for a prompt before the rtp "
+                        f"section's {cfg['rtp_new_tokens']} new tokens (--rtp-new-tokens)")
     return args, cfg, torch.device(args.device)
 
 

@@ -27,8 +27,8 @@ def rtp_prompts(ctx, n):
             warnings.simplefilter("ignore")
             rows = load_task("toxicity", data_dir=d, seed=0).splits["test"][:n]
         tok = gpt2_tokenizer(d)
-        return [tok.encode(r["prompt"])[-(ctx.cfg["max_length"] - ctx.cfg["rtp_new_tokens"]):] or [PAD]
-                for r in rows], \
+        keep = ctx.cfg["max_length"] - ctx.cfg["rtp_new_tokens"]  # >= 1 (bench.parse_args): the prompt's last tokens
+        return [tok.encode(r["prompt"])[-keep:] or [PAD] for r in rows], \
             "RealToxicityPrompts test prompts"
     g = torch.Generator().manual_seed(3)
     return [torch.randint(0, PAD, (int(torch.randint(5, 31, (), generator=g)),), generator=g).tolist()

@@ -8,6 +8,7 @@ import torch
 
 import bench
 from benchmarks import common, llama_family, recipe, trunk
+from core.cli import UserError
 from data import load_task
 from model import GPT, GPTConfig
 
@@ -194,3 +195,10 @@ def test_a_perturbed_reference_weight_fails_every_llama_parity_check(shared_data
     common.print_suite(res)
     out = capsys.readouterr().out
     assert out.count("CHECK FAILED") == 4  # the three rows and the closing line
+
+
+def test_a_max_length_with_no_room_for_an_rtp_prompt_is_refused_before_any_work():
+    with pytest.raises(UserError, match=r"argument --max-length: 20 leaves no room for a prompt before the rtp "
+                                        r"section's 20 new tokens"):
+        bench.parse_args(["--sections", "rtp", "--max-length", "20", "--rtp-new-tokens", "20"])
+    assert bench.parse_args(["--sections", "train", "--max-length", "20", "--rtp-new-tokens", "20"])[1]["max_length"] == 20
