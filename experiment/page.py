@@ -151,7 +151,8 @@ def _ci(v, digits=3):
 def evidence(section, pair):
     """What one pair's table is evidence of, and what it is not, in sentences the numbers decide."""
     gap, rows = pair["gap"], {r["name"]: r for r in pair["rows"]}
-    if gap["n"] and gap["lo"] > 0:
+    # over seeds the t-interval decides; one seed has none (lo = hi = its gap): its paired bootstrap decides
+    if gap["n"] > 1 and gap["lo"] > 0 or gap["n"] == 1 and gap["clear"] == 1:
         said = [f"There is a gap to recover: the ceiling beats its weak supervisor by {_ci(gap)} over {gap['n']} "
                 f"seeds (its paired-bootstrap interval above 0 on {gap['clear']} of them), so a PGR here measures "
                 "how much of it a student recovers."]

@@ -115,3 +115,13 @@ def test_scrambling_the_test_labels_changes_no_choice(toy_page, tmp_path):
         path.write_text(json.dumps(predictions))
     assert page.val_accuracies(sweep_dir, sweep) == before
     assert page.choose_pair(before, sweep["sweep"]) == {k: tuple(v) for k, v in sections[0]["choice"].items()}
+
+
+def test_one_seed_has_a_gap_only_where_its_paired_bootstrap_interval_lies_above_0():
+    section = {"train_layers": "0", "n_test": 20, "task": "toy"}
+    one_seed = page.interval95([0.15])  # lo = hi = 0.15: no interval over seeds to decide with
+    for clear, said in ((0, "No honest gap"), (1, "There is a gap to recover")):
+        pair = {"gap": one_seed | {"clear": clear, "n_seeds": 1}, "rows": []}
+        assert page.evidence(section, pair).startswith(said), clear
+    two = page.interval95([0.15, 0.16]) | {"clear": 0, "n_seeds": 2}  # over seeds the t-interval decides
+    assert page.evidence(section, {"gap": two, "rows": []}).startswith("There is a gap to recover")
