@@ -129,12 +129,15 @@ class Attention(nn.Module):
         q, k = apply_rotary(q.transpose(1, 2), *rope), apply_rotary(k.transpose(1, 2), *rope)  # (B, nh, T, hd)
         if past is not None:  # generation: keys and values of earlier tokens come from the cache
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        # the cache keeps the n_kv_head heads; SDPA gets them repeated, since its enable_gqa path has no fused kernel
-        # with an attention mask on CUDA and would fall back to the O(T^2)-memory math one
-        groups = self.n_head // self.n_kv_head
-        y = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
-                                           attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        # the cache keeps the n_kv_head heads. Without a mask SDPA reads them in place (enable_gqa, as transformers:
+        # the same outputs to the bit, no repeat to copy forward and sum back); with one it gets them repeated, since
+        # its enable_gqa path has no fused kernel with an attention mask on CUDA and would fall back to the math one
+        groups, dropout = self.n_head // self.n_kv_head, self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
+                                               attn_mask=mask, dropout_p=dropout)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
 
 
