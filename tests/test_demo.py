@@ -53,7 +53,8 @@ def test_fine_tuning_on_2_threads_gives_the_printed_numbers_of_1_thread(demo, tm
 def test_every_method_on_the_toy_task_gets_a_pgr_and_its_diagnostics(tmp_path):
     """`python w2s.py --students all` (one seed, an ensemble of 3): one table with every method, each with a PGR and
     its interval, its diagnostics, and the learned member weights beside each member's own accuracy."""
-    results = w2s.main(["--students", "all", "--ensemble", "3", "--out", str(tmp_path), "--quiet", "--n-boot", "200"])
+    results = w2s.main(["--students", "all", "--ensemble", "3", "--limit", "300", "--out", str(tmp_path), "--quiet",
+                        "--n-boot", "200"])
     r = results["seeds"]["0"]
     methods = ["naive", "logconf", "entropy", "product", "window", "hard", "soft", "learned", "selective", "genft"]
     assert set(r["pgr"]) == {f"student_{m}" for m in methods}
