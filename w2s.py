@@ -446,18 +446,6 @@ def run_burns(cfg, base, out):
     return combined
 
 
-def page_limits(text, tasks):
-    """--page-limits "legal=300,cosmos_qa=500" -> {"legal": 300, "cosmos_qa": 500}, each a task of the page."""
-    limits = {}
-    for item in (i for i in text.split(",") if i):
-        task, _, n = item.partition("=")
-        if task not in tasks or not n.isdigit() or int(n) < 2 or task in limits:
-            raise UserError(f"argument --page-limits: {item!r} is not TASK=N with TASK one of --page-tasks "
-                            f"({', '.join(tasks)}), once each, and N at least 2")
-        limits[task] = int(n)
-    return limits
-
-
 def run_page(cfg, base, out, argv):
     """--task page: each --page-tasks task's depth sweep in OUT/<task>/sweep, the pair it picks on val in
     OUT/<task>/<best|whole>, then the page (experiment/page.py), its page.json and a plot per task."""
@@ -465,7 +453,7 @@ def run_page(cfg, base, out, argv):
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise UserError(f"argument --page-tasks: unknown {unknown or 'empty list'}; choose from {', '.join(TASKS)}")
-    limits = page_limits(cfg.page_limits, tasks)
+    limits = page.parse_limits(cfg.page_limits, tasks)
     students = ",".join(dict.fromkeys(["naive"] + [s for s in cfg.students.split(",") if s]))  # naive: the gap
     sections = []
     for task in tasks:

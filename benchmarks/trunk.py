@@ -121,10 +121,8 @@ def trunk_flops(config, seqs):
     """Forward FLOPs of the trunk over `seqs`: 2 per weight of every block's matmuls and token, plus causal attention's
     q.k and attention.v (2 * 2 * head_dim * n_head per query and key it sees: L(L+1)/2 pairs in a text of L)."""
     c = config
-    per_token = 2 * c.n_embd * ((c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_head * c.head_dim) + \
-        2 * 3 * c.n_embd * c.intermediate_size
     pairs = sum(n * (n + 1) // 2 for n in map(len, seqs))
-    return c.n_layer * (per_token * sum(map(len, seqs)) + 4 * c.head_dim * c.n_head * pairs)
+    return linear_flops(config, seqs) + c.n_layer * 4 * c.head_dim * c.n_head * pairs
 
 
 def features_plan(ours, precision, device):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import write_atomic
+from core.cli import UserError, write_atomic
 
 PAGE_TASKS = ("safety", "legal", "cosmos_qa", "anthropic_hh")
 DEPTHS = "smollm2-135m@2,smollm2-135m@4,smollm2-135m@8,smollm2-135m@16,smollm2-135m"
@@ -51,6 +51,18 @@ def beats_naive(per_seed, student, naive="student_naive", metric="accuracy"):
     """(seeds on which `student`'s test metric is above naive's, seeds with both)."""
     both = [r for r in per_seed.values() if student in r["runs"] and naive in r["runs"]]
     return sum(r["runs"][student][metric] > r["runs"][naive][metric] for r in both), len(both)
+
+
+def parse_limits(text, tasks):
+    """--page-limits "legal=300,cosmos_qa=500" -> {"legal": 300, "cosmos_qa": 500}, each a task of the page."""
+    limits = {}
+    for item in (i for i in text.split(",") if i):
+        task, _, n = item.partition("=")
+        if task not in tasks or not n.isdigit() or int(n) < 2 or task in limits:
+            raise UserError(f"argument --page-limits: {item!r} is not TASK=N with TASK one of --page-tasks "
+                            f"({', '.join(tasks)}), once each, and N at least 2")
+        limits[task] = int(n)
+    return limits
 
 
 # ----------------------------------------------------------------------------------------------------------------
